@@ -1,0 +1,64 @@
+"""Entry point of the ``cliplab`` command.
+
+Each subcommand lives in its own module under ``cliplab.cli`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and
+returning an exit code). User mistakes raise :class:`cliplab.errors.CliplabError` and are printed as
+one line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cliplab.errors import CliplabError
+
+# Subcommand modules, in the order `cliplab --help` lists them.
+SUBCOMMANDS = [
+    "models",
+    "convert",
+    "tokenizer",
+    "train",
+    "interpolate",
+    "shards",
+    "eval",
+    "demo",
+    "embed",
+    "index",
+    "search",
+    "serve",
+    "export",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cliplab", description="CLIP: load, train, evaluate, search.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"cliplab.cli.{name.replace('-', '_')}")
+        except ModuleNotFoundError as err:
+            if err.name == f"cliplab.cli.{name.replace('-', '_')}":
+                continue  # subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliplabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

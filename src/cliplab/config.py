@@ -1,0 +1,313 @@
+"""Typed, frozen configuration for models, preprocessing and tokenizers.
+
+Architectures are data: ``archs/<name>.json`` holds ``{"embed_dim", "vision", "text"}`` and each tower
+section carries a ``type`` that selects its config class and module (see ``model/build.py``). Unknown
+keys are an error, so a typo in a JSON file never silently falls back to a default.
+
+A *resolved* config (:class:`CLIPConfig`) is what a checkpoint stores: the architecture plus the
+preprocessing and tokenizer that belong to its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cliplab.errors import CliplabError
+
+__all__ = [
+    "ACTIVATIONS",
+    "CBOWTextConfig",
+    "CLIPConfig",
+    "ConfigError",
+    "ModelConfig",
+    "PreprocessConfig",
+    "ResNetConfig",
+    "TextTransformerConfig",
+    "TokenizerConfig",
+    "ViTConfig",
+    "arch_names",
+    "from_dict",
+    "load_arch",
+    "to_dict",
+]
+
+ACTIVATIONS = ("gelu", "quick_gelu")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ConfigError(CliplabError, ValueError):
+    """A configuration file or dictionary is malformed; the message names the field."""
+
+
+def _check_activation(value: str, where: str) -> None:
+    if value not in ACTIVATIONS:
+        raise ConfigError(f"{where}.activation: unknown activation {value!r} (expected one of {ACTIVATIONS})")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Vision Transformer tower (OpenAI layout: class token, ln_pre, pre-LN blocks, ln_post, projection)."""
+
+    type: ClassVar[str] = "vit"
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    activation: str = "gelu"
+    ln_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check_activation(self.activation, "vision")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ConfigError(f"vision: width {self.width} is not divisible by heads {self.heads}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """OpenAI's ModifiedResNet: 3-conv stem, anti-aliased bottlenecks, attention pooling."""
+
+    type: ClassVar[str] = "resnet"
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64
+    heads: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if len(self.layers) != 4:
+            raise ConfigError(f"vision.layers: a ResNet needs 4 stage depths, got {list(self.layers)}")
+        if self.image_size % 32:
+            raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of 32")
+
+
+@dataclass(frozen=True)
+class TextTransformerConfig:
+    """Causal text Transformer pooled at the end-of-text token."""
+
+    type: ClassVar[str] = "transformer"
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    activation: str = "gelu"
+    ln_eps: float = 1e-5
+    eot_token_id: int = 49407
+
+    def __post_init__(self) -> None:
+        _check_activation(self.activation, "text")
+        if self.width % self.heads:
+            raise ConfigError(f"text: width {self.width} is not divisible by heads {self.heads}")
+
+
+@dataclass(frozen=True)
+class CBOWTextConfig:
+    """Continuous bag of words: mean of token embeddings (padding excluded), then a projection."""
+
+    type: ClassVar[str] = "cbow"
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    eot_token_id: int = 49407
+
+
+VISION_CONFIGS: dict[str, type] = {"vit": ViTConfig, "resnet": ResNetConfig}
+TEXT_CONFIGS: dict[str, type] = {"transformer": TextTransformerConfig, "cbow": CBOWTextConfig}
+VisionConfig = ViTConfig | ResNetConfig
+TextConfig = TextTransformerConfig | CBOWTextConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One architecture: a joint embedding size and two towers."""
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=ViTConfig)
+    text: TextConfig = field(default_factory=TextTransformerConfig)
+    init_logit_scale: float = 2.6592600369644043  # ln(1 / 0.07)
+    max_logit_scale: float = 100.0
+    init_logit_bias: float | None = None  # set (e.g. -10) for SigLIP models
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Image preprocessing that belongs to a set of weights."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # resize the shorter side, then centre-crop
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError("preprocess: mean and std need 3 values each")
+        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
+            raise ConfigError(f"preprocess.interpolation: unknown value {self.interpolation!r}")
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ConfigError(f"preprocess.resize_mode: unknown value {self.resize_mode!r}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Which tokenizer a model expects. ``kind="openai"`` is the shipped OpenAI BPE; ``kind="bpe"`` a
+    vocabulary learned with ``cliplab tokenizer train``, stored beside the checkpoint as JSON
+    (``vocab`` holds the file name, relative to the checkpoint)."""
+
+    kind: str = "openai"
+    context_length: int = 77
+    vocab: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("openai", "bpe"):
+            raise ConfigError(f"tokenizer.kind: unknown value {self.kind!r} (expected 'openai' or 'bpe')")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """Everything needed to rebuild a model and feed it: architecture + preprocessing + tokenizer."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    name: str | None = None
+
+    @classmethod
+    def for_model(cls, model: ModelConfig, name: str | None = None) -> CLIPConfig:
+        """Default preprocessing (OpenAI statistics) and tokenizer for an architecture."""
+        return cls(
+            model=model,
+            preprocess=PreprocessConfig(image_size=model.vision.image_size),
+            tokenizer=TokenizerConfig(context_length=model.text.context_length),
+            name=name,
+        )
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known) - {"type"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (known: {sorted(known)})")
+    kwargs = {k: v for k, v in data.items() if k != "type"}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _tower(data: Any, registry: dict[str, type], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind not in registry:
+        raise ConfigError(f"{where}.type: unknown tower type {kind!r} (known: {sorted(registry)})")
+    return _build(registry[kind], data, where)
+
+
+def model_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object")
+    rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
+    for key in ("vision", "text"):
+        if key not in data:
+            raise ConfigError(f"{where}: missing key {key!r}")
+    base = _build(ModelConfig, rest, where)
+    return dataclasses.replace(
+        base,
+        vision=_tower(data["vision"], VISION_CONFIGS, f"{where}.vision"),
+        text=_tower(data["text"], TEXT_CONFIGS, f"{where}.text"),
+    )
+
+
+def from_dict(data: dict[str, Any]) -> CLIPConfig:
+    """Build a :class:`CLIPConfig` from its JSON form, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected an object")
+    unknown = sorted(set(data) - {"model", "preprocess", "tokenizer", "name", "cliplab_version"})
+    if unknown:
+        raise ConfigError(f"config: unknown key(s) {unknown}")
+    if "model" not in data:
+        raise ConfigError("config: missing key 'model'")
+    model = model_from_dict(data["model"])
+    base = CLIPConfig.for_model(model, name=data.get("name"))
+    pre = _build(PreprocessConfig, data["preprocess"], "preprocess") if "preprocess" in data else base.preprocess
+    tok = _build(TokenizerConfig, data["tokenizer"], "tokenizer") if "tokenizer" in data else base.tokenizer
+    return CLIPConfig(model=model, preprocess=pre, tokenizer=tok, name=data.get("name"))
+
+
+def _tower_dict(cfg: Any) -> dict[str, Any]:
+    out = {"type": cfg.type}
+    out.update(dataclasses.asdict(cfg))
+    if "layers" in out and isinstance(out["layers"], tuple):
+        out["layers"] = list(out["layers"])
+    return out
+
+
+def model_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("vision", "text")}
+    out["vision"] = _tower_dict(cfg.vision)
+    out["text"] = _tower_dict(cfg.text)
+    return out
+
+
+def to_dict(cfg: CLIPConfig) -> dict[str, Any]:
+    """JSON-ready form of a resolved config (inverse of :func:`from_dict`)."""
+    pre = dataclasses.asdict(cfg.preprocess)
+    pre["mean"], pre["std"] = list(pre["mean"]), list(pre["std"])
+    return {
+        "name": cfg.name,
+        "model": model_to_dict(cfg.model),
+        "preprocess": pre,
+        "tokenizer": dataclasses.asdict(cfg.tokenizer),
+    }
+
+
+# --------------------------------------------------------------------------- architecture files
+
+
+def _arch_dir() -> Path:
+    return Path(str(resources.files("cliplab") / "archs"))
+
+
+def arch_names() -> list[str]:
+    """Names of the shipped architecture files, sorted."""
+    return sorted(p.stem for p in _arch_dir().glob("*.json"))
+
+
+def load_arch(name_or_path: str | Path) -> ModelConfig:
+    """Read an architecture by shipped name (``"ViT-B-32"``) or from a JSON file path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.exists()):
+        path = _arch_dir() / f"{name_or_path}.json"
+        if not path.exists():
+            raise ConfigError(f"unknown architecture {str(name_or_path)!r} (known: {', '.join(arch_names())})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from None
+    try:
+        return model_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path.name}: {err}") from None
