@@ -31,7 +31,7 @@ _API = {
     "EmbeddingStore": "cliplab.infer.store",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = [*sorted(_API), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,91 @@
+"""The two-tower CLIP model: an image encoder, a text encoder and a learned temperature."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cliplab.config import ModelConfig
+
+__all__ = ["CLIP", "CLIPOutput"]
+
+
+@dataclass
+class CLIPOutput:
+    """Normalised embeddings and the temperature; the N×M logits are computed only when asked for."""
+
+    image_embeds: torch.Tensor  # (N, D), L2-normalised
+    text_embeds: torch.Tensor  # (M, D), L2-normalised
+    logit_scale: torch.Tensor  # scalar multiplier: exp of the learned log-scale, capped
+    logit_bias: torch.Tensor | None = None  # scalar, SigLIP models only
+
+    @property
+    def logits_per_image(self) -> torch.Tensor:
+        logits = self.logit_scale * self.image_embeds @ self.text_embeds.T  # (N, M)
+        return logits if self.logit_bias is None else logits + self.logit_bias
+
+    @property
+    def logits_per_text(self) -> torch.Tensor:
+        return self.logits_per_image.T  # (M, N)
+
+
+class CLIP(nn.Module):
+    """Build with :func:`cliplab.model.build.create_model`; towers are chosen by the config."""
+
+    def __init__(self, cfg: ModelConfig, visual: nn.Module, text: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = visual
+        self.text = text
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.logit_bias = None
+        if cfg.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.cfg.text.context_length
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Images (N, 3, S, S) → embeddings (N, D)."""
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Token ids (M, L) → embeddings (M, D)."""
+        x = self.text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def scale(self) -> torch.Tensor:
+        """The logit multiplier: ``exp(logit_scale)`` capped at ``max_logit_scale``."""
+        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep the stored log-scale within [0, ln(max)] (done after each optimiser step)."""
+        self.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+
+    def forward(self, images: torch.Tensor | None = None, texts: torch.Tensor | None = None) -> CLIPOutput:
+        img = self.encode_image(images, normalize=True) if images is not None else None
+        txt = self.encode_text(texts, normalize=True) if texts is not None else None
+        return CLIPOutput(img, txt, self.scale(), self.logit_bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for module in self.modules():
+            if hasattr(module, "grad_checkpointing"):
+                module.grad_checkpointing = enable
+
+    def lock(self, tower: str) -> None:
+        """Freeze a tower (``"image"`` or ``"text"``) for LiT-style training."""
+        module = {"image": self.visual, "text": self.text}[tower]
+        for p in module.parameters():
+            p.requires_grad_(False)
+        module.eval()

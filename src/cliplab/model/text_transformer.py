@@ -1,0 +1,65 @@
+"""Text towers: the causal Transformer CLIP uses, and a bag-of-words baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cliplab.config import CBOWTextConfig, TextTransformerConfig
+from cliplab.model.layers import Transformer
+
+__all__ = ["CBOWText", "TextTransformer", "eot_positions"]
+
+
+def eot_positions(tokens: torch.Tensor, eot_token_id: int) -> torch.Tensor:
+    """Index of the first end-of-text token in each row; the last position if a row has none."""
+    is_eot = tokens == eot_token_id  # (B, L)
+    first = is_eot.int().argmax(dim=-1)  # (B,)
+    return torch.where(is_eot.any(dim=-1), first, torch.full_like(first, tokens.shape[-1] - 1))
+
+
+class TextTransformer(nn.Module):
+    """Token + learned positions → causal pre-LN blocks → ``ln_final`` → features at end-of-text → proj."""
+
+    def __init__(self, cfg: TextTransformerConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.token_embedding = nn.Embedding(cfg.vocab_size, w)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, w))
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.activation, cfg.ln_eps)
+        self.ln_final = nn.LayerNorm(w, eps=cfg.ln_eps)
+        self.proj = nn.Linear(w, embed_dim, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.transformer.init_weights()
+        nn.init.normal_(self.proj.weight, std=w**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        L = tokens.shape[1]
+        if L > self.cfg.context_length:
+            raise ValueError(f"text has {L} tokens but the model's context length is {self.cfg.context_length}")
+        x = self.token_embedding(tokens) + self.positional_embedding[:L]  # (B, L, C)
+        x = self.ln_final(self.transformer(x, causal=True))
+        x = x[torch.arange(x.shape[0], device=x.device), eot_positions(tokens, self.cfg.eot_token_id)]  # (B, C)
+        return self.proj(x)  # (B, D)
+
+
+class CBOWText(nn.Module):
+    """Continuous bag of words: mean of the token embeddings up to end-of-text, then a projection."""
+
+    def __init__(self, cfg: CBOWTextConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.proj.weight, std=cfg.width**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        L = tokens.shape[1]
+        eot = eot_positions(tokens, self.cfg.eot_token_id)  # (B,)
+        keep = torch.arange(L, device=tokens.device)[None, :] <= eot[:, None]  # (B, L): up to end-of-text
+        x = self.token_embedding(tokens) * keep.unsqueeze(-1)  # (B, L, C)
+        x = x.sum(dim=1) / keep.sum(dim=1, keepdim=True)  # (B, C)
+        return self.proj(x)  # (B, D)

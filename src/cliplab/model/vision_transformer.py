@@ -1,0 +1,41 @@
+"""Vision Transformer tower in CLIP's layout: patches + class token + positions, ``ln_pre``, pre-LN
+blocks, ``ln_post`` on the class token, and a bias-free projection into the joint space."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cliplab.config import ViTConfig
+from cliplab.model.layers import Transformer
+
+__all__ = ["VisionTransformer"]
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: ViTConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.patch_embed = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        scale = w**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, w))
+        self.ln_pre = nn.LayerNorm(w, eps=cfg.ln_eps)
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.activation, cfg.ln_eps)
+        self.ln_post = nn.LayerNorm(w, eps=cfg.ln_eps)
+        self.proj = nn.Linear(w, embed_dim, bias=False)
+        self.transformer.init_weights()
+        nn.init.normal_(self.proj.weight, std=scale)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images)  # (B, C, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, g*g, C)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, C)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+g*g, C)
+        x = self.transformer(self.ln_pre(x))
+        return self.proj(self.ln_post(x[:, 0]))  # (B, D)
