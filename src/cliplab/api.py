@@ -1,0 +1,165 @@
+"""The small public API: list, create and load models, and classify images with words."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cliplab.config import CLIPConfig, ModelConfig, arch_names, load_arch
+from cliplab.errors import CliplabError
+from cliplab.model.build import create_model as _build
+from cliplab.model.clip import CLIP
+
+__all__ = ["classify", "create_model", "list_models", "load", "load_model", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliplabError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every shipped architecture with its size, tower types and input size (computed without memory)."""
+    rows = []
+    for name in arch_names():
+        cfg = load_arch(name)
+        with torch.device("meta"):
+            model = _build(cfg)
+        rows.append(
+            {
+                "name": name,
+                "params": sum(p.numel() for p in model.parameters()),
+                "vision": cfg.vision.type,
+                "text": cfg.text.type,
+                "image_size": cfg.vision.image_size,
+                "embed_dim": cfg.embed_dim,
+                "context_length": cfg.text.context_length,
+                "pretrained": _pretrained_tags(name),
+            }
+        )
+    return rows
+
+
+def _pretrained_tags(name: str) -> list[str]:
+    try:
+        from cliplab import weights
+    except ImportError:  # the weights table is optional
+        return []
+    return weights.pretrained_tags(name)
+
+
+def create_model(arch: str | ModelConfig, device: str | torch.device | None = "cpu") -> CLIP:
+    """A randomly initialised model for a shipped architecture name, a JSON path or a config."""
+    cfg = arch if isinstance(arch, ModelConfig) else load_arch(arch)
+    return _build(cfg).to(resolve_device(device))
+
+
+def _read_any(path: Path, allow_unsafe: bool) -> tuple[CLIPConfig, dict[str, torch.Tensor], Path | None]:
+    """(config, state dict, folder that holds side files such as a learned tokenizer)."""
+    from cliplab import checkpoint
+
+    if path.is_dir() and not checkpoint.is_native(path):
+        from cliplab.train.state import resolve_run_dir
+
+        run_ckpt = resolve_run_dir(path)
+        if run_ckpt is not None:
+            path = run_ckpt
+    if checkpoint.is_native(path):
+        cfg, sd = checkpoint.load_checkpoint(path)
+        return cfg, sd, path if path.is_dir() else path.parent
+    from cliplab.convert import load_foreign
+
+    cfg, sd = load_foreign(path, allow_unsafe=allow_unsafe)
+    return cfg, sd, None
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None = "cpu",
+    pretrained: str | None = None,
+    allow_unsafe: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[CLIP, CLIPConfig, Path | None]:
+    """Load weights from a native checkpoint (file or folder), a training run folder (its latest
+    checkpoint), an OpenAI / open_clip / Hugging Face checkpoint, or a known name + pretrained tag.
+
+    Returns ``(model in eval mode, resolved config, folder of side files or None)``.
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        name = str(name_or_path)
+        if name not in arch_names():
+            raise CliplabError(f"{name}: no such file, folder or architecture (known: {', '.join(arch_names())})")
+        from cliplab import weights
+
+        path = weights.download(name, pretrained, cache_dir=cache_dir)
+    cfg, sd, root = _read_any(path, allow_unsafe)
+    with torch.device("meta"):
+        model = _build(cfg.model)
+    model.load_state_dict(sd, assign=True)
+    model = model.to(resolve_device(device)).eval()
+    return model, cfg, root
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None = "cpu",
+    pretrained: str | None = None,
+    allow_unsafe: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[CLIP, Any, Any]:
+    """``model, preprocess, tokenizer = cliplab.load(path_or_name)``.
+
+    ``preprocess`` maps a PIL image to a normalised tensor (3, S, S) with the weights' own statistics;
+    ``tokenizer`` maps a list of strings to token ids (N, context_length).
+    """
+    from cliplab.tokenizer import get_tokenizer
+    from cliplab.transforms import Preprocess
+
+    model, cfg, root = load_model(name_or_path, device, pretrained, allow_unsafe, cache_dir)
+    return model, Preprocess(cfg.preprocess), get_tokenizer(cfg.tokenizer, root=root)
+
+
+@torch.no_grad()
+def classify(
+    images: Sequence[Any],
+    labels: Sequence[str],
+    model: CLIP,
+    preprocess: Any,
+    tokenizer: Any,
+    templates: Sequence[str] | str = "a photo of a {}.",
+    top_k: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Zero-shot classification: for each image, ``[{"label", "score"}, ...]`` sorted by probability.
+
+    ``images`` are PIL images or already-preprocessed tensors (3, S, S); ``templates`` is one template,
+    a list (ensembled), or a built-in template-set name such as ``"openai-imagenet"``.
+    """
+    from cliplab.eval.zeroshot import zero_shot_classifier
+
+    if not labels:
+        raise CliplabError("classify: no candidate labels given")
+    if not images:
+        return []
+    if isinstance(templates, str) and "{}" in templates:
+        templates = [templates]
+    device = next(model.parameters()).device
+    classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=device)  # (D, C)
+    pixels = torch.stack([im if torch.is_tensor(im) else preprocess(im) for im in images]).to(device)
+    feats = model.encode_image(pixels, normalize=True)  # (N, D)
+    probs = (model.scale() * feats @ classifier.to(feats.dtype)).softmax(dim=-1)  # (N, C)
+    k = len(labels) if top_k is None else min(top_k, len(labels))
+    scores, idx = probs.topk(k, dim=-1)
+    return [
+        [{"label": labels[j], "score": float(s)} for s, j in zip(row_s.tolist(), row_i.tolist(), strict=True)]
+        for row_s, row_i in zip(scores, idx, strict=True)
+    ]

@@ -1,0 +1,125 @@
+"""Generic model tests over every architecture file (small ones run for real, big ones on meta)."""
+
+import math
+
+import pytest
+import torch
+
+from cliplab.api import list_models
+from cliplab.config import arch_names, load_arch
+from cliplab.model.build import create_model
+from cliplab.model.layers import QuickGELU
+
+SMALL = [n for n in arch_names() if "Tiny" in n or "Small" in n]
+OPENAI_PARAMS = {  # parameter counts of OpenAI's released models
+    "ViT-B-32": 151_277_313,
+    "ViT-B-16": 149_620_737,
+    "ViT-L-14": 427_616_513,
+    "RN50": 102_007_137,
+    "RN101": 119_688_033,
+}
+
+
+def _inputs(cfg, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+    texts = torch.zeros(n, cfg.text.context_length, dtype=torch.long)
+    for i in range(n):
+        length = 3 + i
+        texts[i, 0] = 49406
+        texts[i, 1:length] = torch.randint(1, 49000, (length - 1,), generator=g)
+        texts[i, length] = cfg.text.eot_token_id
+    return images, texts
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_forward_shapes_no_nan_all_grads(name):
+    torch.manual_seed(0)
+    cfg = load_arch(name)
+    model = create_model(cfg)
+    images, texts = _inputs(cfg)
+    out = model(images, texts)
+    assert out.image_embeds.shape == (3, cfg.embed_dim)
+    assert out.text_embeds.shape == (3, cfg.embed_dim)
+    assert out.logits_per_image.shape == (3, 3)
+    assert torch.allclose(out.logits_per_text, out.logits_per_image.T)
+    assert torch.isfinite(out.logits_per_image).all()
+    torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(3))
+    loss = out.logits_per_image.logsumexp(-1).mean() - out.logits_per_image.diag().mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_grad_checkpointing_same_output(name):
+    torch.manual_seed(0)
+    cfg = load_arch(name)
+    model = create_model(cfg).train()
+    images, texts = _inputs(cfg)
+    ref = model(images, texts)
+    ref_loss = ref.logits_per_image.sum()
+    ref_loss.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model(images, texts)
+    torch.testing.assert_close(out.logits_per_image, ref.logits_per_image)
+    out.logits_per_image.sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], msg=n)
+
+
+def test_openai_parameter_counts():
+    counts = {row["name"]: row["params"] for row in list_models()}
+    for name, n in OPENAI_PARAMS.items():
+        assert counts[name] == n
+
+
+def test_logit_scale_init_and_cap():
+    model = create_model(load_arch("ViT-Tiny-32px"))
+    assert math.isclose(model.scale().item(), 1 / 0.07, rel_tol=1e-6)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.scale().item() == 100.0
+    model.clamp_logit_scale()
+    assert math.isclose(model.logit_scale.item(), math.log(100), rel_tol=1e-6)
+
+
+def test_text_pools_at_first_end_of_text():
+    torch.manual_seed(0)
+    cfg = load_arch("ViT-Tiny-32px")
+    model = create_model(cfg).eval()
+    _, texts = _inputs(cfg, n=1)
+    a = model.encode_text(texts)
+    texts2 = texts.clone()
+    texts2[0, 10:] = 123  # tokens after end-of-text never reach the pooled feature (causal mask)
+    torch.testing.assert_close(model.encode_text(texts2), a)
+
+
+def test_cbow_ignores_padding_after_eot():
+    torch.manual_seed(0)
+    cfg = load_arch("ViT-Tiny-32px-CBOW")
+    model = create_model(cfg).eval()
+    _, texts = _inputs(cfg, n=2)
+    texts2 = texts.clone()
+    texts2[:, -3:] = 77
+    torch.testing.assert_close(model.encode_text(texts2), model.encode_text(texts))
+
+
+def test_quick_gelu():
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
+
+
+def test_bf16_autocast_close_to_fp32():
+    torch.manual_seed(0)
+    cfg = load_arch("ViT-Tiny-32px")
+    model = create_model(cfg).eval()
+    images, texts = _inputs(cfg)
+    with torch.no_grad():
+        ref = model(images, texts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images, texts)
+    assert (low.image_embeds.float() - ref.image_embeds).abs().max() < 5e-2
+    assert (low.text_embeds.float() - ref.text_embeds).abs().max() < 5e-2

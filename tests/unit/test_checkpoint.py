@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cliplab.checkpoint import (
+    CheckpointError,
+    is_native,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
+from cliplab.config import CLIPConfig, load_arch, to_dict
+from cliplab.model.build import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"), name="ViT-Tiny-32px")
+    return cfg, create_model(cfg.model)
+
+
+@pytest.mark.parametrize("target", ["ckpt", "ckpt.safetensors"])
+def test_round_trip_exact(tmp_path, tiny, target):
+    cfg, model = tiny
+    path = save_checkpoint(model, cfg, tmp_path / target)
+    assert is_native(path)
+    cfg2, sd = load_checkpoint(path)
+    assert cfg2 == cfg
+    for k, v in model.state_dict().items():
+        assert torch.equal(sd[k], v), k
+    assert not list(tmp_path.glob("**/.*.tmp")), "temporary files left behind"
+
+
+def test_config_is_readable_json(tmp_path, tiny):
+    cfg, model = tiny
+    save_checkpoint(model, cfg, tmp_path / "c")
+    data = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert data["model"]["vision"]["type"] == "vit"
+    assert data["preprocess"]["image_size"] == 32
+    assert read_config(tmp_path / "c") == cfg
+
+
+def test_truncated_safetensors(tmp_path, tiny):
+    cfg, model = tiny
+    path = save_checkpoint(model, cfg, tmp_path / "c")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*(corrupt|truncated)") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_shape_mismatch_names_tensor(tmp_path, tiny):
+    cfg, model = tiny
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["visual.proj.weight"] = torch.zeros(64, 128)
+    path = tmp_path / "bad.safetensors"
+    save_file(sd, str(path), metadata={"cliplab_config": json.dumps(to_dict(cfg))})
+    with pytest.raises(CheckpointError, match=r"visual\.proj\.weight.*\[64, 128\].*\[128, 128\]"):
+        load_checkpoint(path)
+
+
+def test_missing_tensor(tmp_path, tiny):
+    cfg, model = tiny
+    sd = dict(model.state_dict())
+    del sd["logit_scale"]
+    with pytest.raises(CheckpointError, match="missing.*logit_scale"):
+        save_checkpoint(sd, cfg, tmp_path / "x")
+
+
+def test_not_a_checkpoint(tmp_path):
+    assert not is_native(tmp_path)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nothing")

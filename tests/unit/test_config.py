@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from cliplab.config import (
+    CLIPConfig,
+    ConfigError,
+    ResNetConfig,
+    ViTConfig,
+    arch_names,
+    from_dict,
+    load_arch,
+    to_dict,
+)
+
+OPENAI = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"]
+
+
+def test_openai_architectures_ship():
+    names = arch_names()
+    for name in OPENAI:
+        assert name in names
+
+
+@pytest.mark.parametrize("name", arch_names())
+def test_round_trip(name):
+    cfg = CLIPConfig.for_model(load_arch(name), name=name)
+    again = from_dict(json.loads(json.dumps(to_dict(cfg))))
+    assert again == cfg
+
+
+def test_tower_types_selected_by_file():
+    assert isinstance(load_arch("RN50").vision, ResNetConfig)
+    assert isinstance(load_arch("ViT-B-32").vision, ViTConfig)
+    assert load_arch("ViT-Tiny-32px-CBOW").text.type == "cbow"
+
+
+def test_openai_shapes():
+    b32 = load_arch("ViT-B-32")
+    assert (b32.embed_dim, b32.vision.width, b32.vision.layers, b32.vision.patch_size) == (512, 768, 12, 32)
+    assert b32.vision.activation == b32.text.activation == "quick_gelu"
+    l14 = load_arch("ViT-L-14-336")
+    assert (l14.embed_dim, l14.vision.width, l14.vision.layers, l14.vision.image_size) == (768, 1024, 24, 336)
+    rn = load_arch("RN50x64")
+    assert (rn.embed_dim, rn.vision.layers, rn.vision.width, rn.vision.image_size) == (1024, (3, 15, 36, 10), 128, 448)
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    data = to_dict(CLIPConfig.for_model(load_arch("ViT-Tiny-32px")))
+    data["model"]["vision"]["widht"] = 3
+    with pytest.raises(ConfigError, match="widht"):
+        from_dict(data)
+    data = to_dict(CLIPConfig.for_model(load_arch("ViT-Tiny-32px")))
+    data["model"]["text"]["type"] = "lstm"
+    with pytest.raises(ConfigError, match="lstm"):
+        from_dict(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"embed_dim": 8, "vision": {"type": "vit"}, "text": {"type": "transformer"}, "x": 1}')
+    with pytest.raises(ConfigError, match=r"bad\.json.*'x'"):
+        load_arch(bad)
+
+
+def test_invalid_values():
+    with pytest.raises(ConfigError, match="patch_size"):
+        ViTConfig(image_size=30, patch_size=8)
+    with pytest.raises(ConfigError, match="activation"):
+        ViTConfig(activation="relu6")
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        load_arch("ViT-Z-99")
