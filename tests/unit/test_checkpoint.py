@@ -67,7 +67,7 @@ def test_missing_tensor(tmp_path, tiny):
     cfg, model = tiny
     sd = dict(model.state_dict())
     del sd["logit_scale"]
-    with pytest.raises(CheckpointError, match="missing.*logit_scale"):
+    with pytest.raises(CheckpointError, match=r"missing.*logit_scale"):
         save_checkpoint(sd, cfg, tmp_path / "x")
 
 
