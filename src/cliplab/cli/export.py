@@ -1,0 +1,30 @@
+"""``cliplab export``: encoders to ONNX, or the whole model to a Hugging Face ``CLIPModel`` folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to ONNX (two encoders) or a Hugging Face CLIPModel folder")
+    p.add_argument("--checkpoint", required=True, help="anything cliplab.load accepts")
+    p.add_argument("--format", choices=["onnx", "hf"], default="onnx")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--allow-unsafe-pickle", action="store_true", help="allow full unpickling (runs code!)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cliplab.api import load_model
+
+    model, cfg, root = load_model(args.checkpoint, device="cpu", allow_unsafe=args.allow_unsafe_pickle)
+    if args.format == "onnx":
+        from cliplab.infer.export import export_onnx
+
+        out = export_onnx(model, cfg, args.output, root=root)
+    else:
+        from cliplab.convert.hf import export_hf
+
+        out = export_hf(model, cfg, args.output)
+    print(f"wrote {out}")
+    return 0

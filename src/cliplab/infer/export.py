@@ -1,0 +1,82 @@
+"""Export the two encoders to ONNX (dynamic batch) with the preprocessing and tokenizer config beside them.
+
+The folder it writes is everything a non-Python service needs: ``image_encoder.onnx`` maps
+``pixel_values`` (N, 3, S, S) to ``image_embeds`` (N, D); ``text_encoder.onnx`` maps ``input_ids``
+(N, L) int64 to ``text_embeds`` (N, D) (unnormalised, like ``encode_image``/``encode_text``);
+``config.json`` holds the resolved cliplab config plus the logit scale.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cliplab.config import CLIPConfig, to_dict
+from cliplab.errors import CliplabError
+from cliplab.fileio import atomic_path, write_json
+from cliplab.model.clip import CLIP
+
+__all__ = ["export_onnx"]
+
+OPSET = 17
+
+
+class _ImageEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: str) -> None:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=[inp],
+            output_names=[out],
+            dynamic_axes={inp: {0: "batch"}, out: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+@torch.no_grad()
+def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], root: Path | None = None) -> Path:
+    """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and ``config.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    s = cfg.model.vision.image_size
+    pixels = torch.randn(2, 3, s, s)  # (N, 3, S, S)
+    ids = torch.zeros(2, cfg.model.text.context_length, dtype=torch.long)  # (N, L)
+    ids[:, 0], ids[:, 3] = 1, cfg.model.text.eot_token_id
+    try:
+        _export(_ImageEncoder(model), pixels, out / "image_encoder.onnx", "pixel_values", "image_embeds")
+        _export(_TextEncoder(model), ids, out / "text_encoder.onnx", "input_ids", "text_embeds")
+    except Exception as err:  # the exporter's own errors are long; keep the user's line short
+        raise CliplabError(f"ONNX export failed: {str(err).splitlines()[0]}") from err
+    meta = to_dict(cfg)
+    meta["logit_scale"] = float(model.scale())
+    if cfg.tokenizer.vocab and root is not None:
+        shutil.copyfile(root / cfg.tokenizer.vocab, out / cfg.tokenizer.vocab)
+    write_json(out / "config.json", meta)
+    return out

@@ -1,0 +1,40 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cliplab.checkpoint import save_checkpoint
+from cliplab.cli.main import main
+from cliplab.config import CLIPConfig, load_arch
+from cliplab.model.build import create_model
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("arch", ["ViT-Tiny-32px", "RN-Tiny-64px"])
+def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path, arch):
+    torch.manual_seed(0)
+    cfg = CLIPConfig.for_model(load_arch(arch))
+    model = create_model(cfg.model).eval()
+    save_checkpoint(model, cfg, tmp_path / "ckpt")
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "onnx")]) == 0
+
+    onnx = tmp_path / "onnx"
+    s, L = cfg.model.vision.image_size, cfg.model.text.context_length
+    for n in (1, 5):  # a batch size other than the one used for tracing
+        pixels = torch.randn(n, 3, s, s)
+        ids = torch.zeros(n, L, dtype=torch.long)
+        for i in range(n):
+            ids[i, 0] = 49406
+            ids[i, 1 : 2 + i] = torch.randint(1, 49000, (1 + i,))
+            ids[i, 2 + i] = 49407
+        with torch.no_grad():
+            ref_img, ref_txt = model.encode_image(pixels).numpy(), model.encode_text(ids).numpy()
+        img = ort.InferenceSession(str(onnx / "image_encoder.onnx")).run(None, {"pixel_values": pixels.numpy()})
+        txt = ort.InferenceSession(str(onnx / "text_encoder.onnx")).run(None, {"input_ids": ids.numpy()})
+        assert np.abs(img[0] - ref_img).max() <= 1e-4
+        assert np.abs(txt[0] - ref_txt).max() <= 1e-4
+    meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert meta["preprocess"]["image_size"] == s
+    assert meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
