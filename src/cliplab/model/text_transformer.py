@@ -36,12 +36,18 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.proj.weight, std=w**-0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n_ctx = self.cfg.context_length
+        if tokens.shape[1] > n_ctx:
+            raise ValueError(f"text has {tokens.shape[1]} tokens but the model's context length is {n_ctx}")
+        eot = eot_positions(tokens, self.cfg.eot_token_id)  # (B,)
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            # Causal attention: positions after the last end-of-text never reach a pooled feature, so
+            # drop them (padding is most of a 77-token context). Exact, and several times faster.
+            tokens = tokens[:, : int(eot.max()) + 1]
         L = tokens.shape[1]
-        if L > self.cfg.context_length:
-            raise ValueError(f"text has {L} tokens but the model's context length is {self.cfg.context_length}")
         x = self.token_embedding(tokens) + self.positional_embedding[:L]  # (B, L, C)
         x = self.ln_final(self.transformer(x, causal=True))
-        x = x[torch.arange(x.shape[0], device=x.device), eot_positions(tokens, self.cfg.eot_token_id)]  # (B, C)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, C)
         return self.proj(x)  # (B, D)
 
 
