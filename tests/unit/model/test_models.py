@@ -123,3 +123,17 @@ def test_bf16_autocast_close_to_fp32():
             low = model(images, texts)
     assert (low.image_embeds.float() - ref.image_embeds).abs().max() < 5e-2
     assert (low.text_embeds.float() - ref.text_embeds).abs().max() < 5e-2
+
+
+def test_padding_trim_is_exact():
+    """Rows encoded alone (context trimmed to their end-of-text) equal rows encoded beside a full-length one."""
+    torch.manual_seed(0)
+    cfg = load_arch("ViT-Tiny-32px")
+    model = create_model(cfg).eval()
+    _, texts = _inputs(cfg, n=3)
+    full = torch.randint(1, 49000, (1, cfg.text.context_length))
+    full[0, -1] = cfg.text.eot_token_id  # forces the whole context to be computed
+    with torch.no_grad():
+        alone = model.encode_text(texts)
+        beside = model.encode_text(torch.cat([texts, full]))[:3]
+    torch.testing.assert_close(alone, beside, rtol=1e-5, atol=1e-6)
