@@ -1,0 +1,79 @@
+"""CSV/TSV datasets: one row per (image path, caption), open_clip's column conventions.
+
+Relative image paths are resolved against the CSV file's folder. Rows that cannot be used (missing
+file, unreadable image, empty or non-UTF-8 caption) come out as :class:`BadSample` naming ``file:row``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from cliplab.data.batch import BadSample
+from cliplab.data.samples import Tokenizer, Transform, make_pair
+from cliplab.errors import CliplabError
+
+__all__ = ["CsvDataset", "read_rows"]
+
+
+def read_rows(
+    path: str | os.PathLike[str], columns: list[str], sep: str = ","
+) -> tuple[list[list[str]], list[int]]:
+    """Read the named columns of a CSV: ``(rows, line numbers)``; one-line errors for a bad file or header."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            return _parse(csv.reader(fh, delimiter=sep), path, columns)
+    except OSError as err:
+        raise CliplabError(f"{path}: cannot open ({err.strerror})") from None
+    except csv.Error as err:
+        raise CliplabError(f"{path}: malformed CSV ({err})") from None
+
+
+def _parse(reader, path: Path, columns: list[str]) -> tuple[list[list[str]], list[int]]:
+    header = next(reader, None)
+    if header is None:
+        raise CliplabError(f"{path}: empty file (expected a header with columns {columns})")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        hint = " (wrong --csv-separator?)" if len(header) == 1 else ""
+        raise CliplabError(f"{path}: missing column(s) {missing}; the header has {header}{hint}")
+    idx = [header.index(c) for c in columns]
+    rows, lines = [], []
+    for row in reader:
+        if not row:
+            continue
+        rows.append([row[i] if i < len(row) else "" for i in idx])
+        lines.append(reader.line_num)
+    return rows, lines
+
+
+class CsvDataset(Dataset):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        transform: Transform,
+        tokenizer: Tokenizer,
+        img_key: str = "filepath",
+        caption_key: str = "title",
+        sep: str = ",",
+    ) -> None:
+        self.path = Path(path)
+        self.transform, self.tokenizer = transform, tokenizer
+        self.rows, self.lines = read_rows(self.path, [img_key, caption_key], sep)
+        if not self.rows:
+            raise CliplabError(f"{self.path}: no data rows")
+        self.root = self.path.parent
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple | BadSample:
+        image, caption = self.rows[i]
+        source = f"{self.path}:{self.lines[i]}"
+        if not image:
+            return BadSample(source, "empty image path")
+        return make_pair(self.root / image, caption, source, self.transform, self.tokenizer)

@@ -1,0 +1,43 @@
+"""A folder of images, each with a same-name ``.txt`` caption (``cat.jpg`` + ``cat.txt``), searched recursively."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from cliplab.data.batch import BadSample
+from cliplab.data.samples import Tokenizer, Transform, make_pair
+from cliplab.errors import CliplabError
+
+__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "list_images"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def list_images(root: str | os.PathLike[str]) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise CliplabError(f"{root}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+class FolderDataset(Dataset):
+    def __init__(self, root: str | os.PathLike[str], transform: Transform, tokenizer: Tokenizer) -> None:
+        self.root = Path(root)
+        self.images = list_images(self.root)
+        if not self.images:
+            raise CliplabError(f"{self.root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        self.transform, self.tokenizer = transform, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple | BadSample:
+        image = self.images[i]
+        try:
+            caption = image.with_suffix(".txt").read_bytes()
+        except OSError:
+            return BadSample(str(image), "no caption file " + image.with_suffix(".txt").name)
+        return make_pair(image, caption, str(image), self.transform, self.tokenizer)

@@ -1,0 +1,159 @@
+"""WebDataset tar shards: reading for training (via the ``webdataset`` library) and writing from a CSV or folder.
+
+A sample is the group of tar members that share a key: an image (``.jpg/.jpeg/.png/.webp``) and a caption
+(``.txt``, or ``.json`` with a ``caption``/``text``/``title`` field). Shards are shuffled per epoch,
+samples go through a shuffle buffer, and shards are split across ranks and then DataLoader workers so no
+sample is read twice per epoch; ``resampled=True`` draws shards with replacement forever (for step-based
+training on many nodes). Unreadable shards and samples come out as :class:`BadSample`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import braceexpand
+import webdataset as wds
+from torch.utils.data import IterableDataset
+
+from cliplab.data.batch import BadSample
+from cliplab.data.samples import Tokenizer, Transform, make_pair
+from cliplab.errors import CliplabError
+from cliplab.fileio import atomic_path
+
+__all__ = ["ShardDataset", "expand_urls", "write_shards"]
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TEXT_FIELDS = ("caption", "text", "title")
+
+
+def expand_urls(pattern: str | Iterable[str]) -> list[str]:
+    """``shards/{00000..00009}.tar`` → ten paths; several patterns may be joined with ``::``."""
+    parts = pattern.split("::") if isinstance(pattern, str) else list(pattern)
+    urls = [u for p in parts for u in braceexpand.braceexpand(p)]
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).exists()]
+    if missing:
+        raise CliplabError(f"shard {missing[0]} not found ({len(missing)} of {len(urls)} missing)")
+    if not urls:
+        raise CliplabError(f"no shards match {pattern!r}")
+    return urls
+
+
+def _split_by_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
+    return urls[rank::world_size]
+
+
+class _Errors:
+    """Collects the exceptions webdataset reports, so they can be yielded as BadSamples."""
+
+    def __init__(self) -> None:
+        self.items: list[BadSample] = []
+
+    def __call__(self, exn: Exception) -> bool:
+        self.items.append(BadSample(str(getattr(exn, "filename", "") or "shard"), f"unreadable tar data ({exn})"))
+        return True  # keep going
+
+
+class ShardDataset(IterableDataset):
+    def __init__(
+        self,
+        pattern: str | Iterable[str],
+        transform: Transform,
+        tokenizer: Tokenizer,
+        *,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.urls = expand_urls(pattern)
+        if not resampled and len(self.urls) < world_size:
+            raise CliplabError(f"{len(self.urls)} shard(s) for {world_size} ranks: each rank needs at least one")
+        self.transform, self.tokenizer = transform, tokenizer
+        self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple | BadSample]:
+        errors = _Errors()
+        seed = self.seed + 1000 * self.epoch + self.rank
+        pipeline = wds.WebDataset(
+            self.urls,
+            handler=errors,
+            resampled=self.resampled,
+            shardshuffle=False if self.resampled else 1000,
+            nodesplitter=functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),
+            workersplitter=wds.split_by_worker,
+            empty_check=False,
+            seed=seed,
+        )
+        if self.shuffle_buffer > 1:
+            pipeline = pipeline.shuffle(self.shuffle_buffer, seed=seed)
+        for raw in pipeline:
+            while errors.items:
+                yield errors.items.pop(0)
+            yield self._decode(raw)
+        yield from errors.items
+
+    def _decode(self, raw: dict) -> tuple | BadSample:
+        source = f"{raw.get('__url__', 'shard')}/{raw.get('__key__', '?')}"
+        image = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
+        if image is None:
+            return BadSample(source, "no image member (.jpg/.jpeg/.png/.webp)")
+        if "txt" in raw:
+            caption = raw["txt"]
+        elif "json" in raw:
+            try:
+                meta = json.loads(raw["json"])
+                caption = next(str(meta[f]) for f in TEXT_FIELDS if f in meta)
+            except (ValueError, StopIteration, TypeError):
+                return BadSample(source, f"json member has no {'/'.join(TEXT_FIELDS)} field")
+        else:
+            return BadSample(source, "no caption member (.txt or .json)")
+        return make_pair(io.BytesIO(image), caption, source, self.transform, self.tokenizer)
+
+
+def write_shards(
+    samples: Iterable[tuple[str | os.PathLike[str], str]],
+    out_dir: str | os.PathLike[str],
+    per_shard: int = 1000,
+    prefix: str = "",
+) -> list[Path]:
+    """Write (image file, caption) pairs into ``out_dir/{prefix}00000.tar``...; each shard appears atomically.
+
+    Image bytes are stored as they are (no re-encoding); the member suffix follows the file's extension.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    batch: list[tuple[Path, str]] = []
+
+    def flush() -> None:
+        target = out / f"{prefix}{len(written):05d}.tar"
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            writer = wds.TarWriter(fh, encoder=False)
+            for j, (path, caption) in enumerate(batch):
+                ext = path.suffix.lower().lstrip(".")
+                ext = "jpg" if ext == "jpeg" else ext
+                key = f"{len(written):05d}{j:06d}"
+                writer.write({"__key__": key, ext: path.read_bytes(), "txt": caption.encode("utf-8")})
+            writer.close()
+        written.append(target)
+        batch.clear()
+
+    for path, caption in samples:
+        batch.append((Path(path), caption))
+        if len(batch) == per_shard:
+            flush()
+    if batch:
+        flush()
+    return written
