@@ -1,0 +1,105 @@
+"""Tokenizer parity with OpenAI's reference implementation (loaded by file path from clip-anytorch)."""
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from cliplab.config import TokenizerConfig
+from cliplab.tokenizer import TokenizerError, get_tokenizer, train_bpe
+
+CORPUS = [
+    "a photo of a cat.", "A Photo Of A CAT!!", "naïve café — déjà vu", "東京タワーの写真", "emoji 🐱🐶🚗 fun",
+    "&amp;amp; and &lt;b&gt; html &#39;quoted&#39;", "numbers 12345 3.14159 1,000,000",
+    "don't you've they're I'm we'll he'd it's", "tabs\tand\nnewlines\r\n  spaces", "ÆØÅ æøå ß ﬁ ligature",
+    "\x00control\x07chars", "mojibake: cafÃ©", "“curly quotes” ‘single’", "Ünïcödé ÑOÑO", "x" * 300, "", "   ",
+    "<|startoftext|> hi", "hello <|endoftext|> world", "a-b_c/d\\e", "Привет мир", "مرحبا بالعالم",
+    "🏳️‍🌈 flag", "100% off!!! $$$", "word " * 100, "İstanbul ΣΊΣΥΦΟΣ", "e\u0301 combining", "\u3000wide space",
+]
+
+
+def _oracle():
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("clip-anytorch (the reference tokenizer) is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "simple_tokenizer.py"
+    mod_spec = importlib.util.spec_from_file_location("openai_simple_tokenizer", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)  # imports only ftfy, regex, stdlib — not the clip package
+    return module.SimpleTokenizer()
+
+
+def _reference_batch(ref, texts, n_ctx=77):
+    sot, eot = ref.encoder["<|startoftext|>"], ref.encoder["<|endoftext|>"]
+    out = torch.zeros(len(texts), n_ctx, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [sot, *ref.encode(text), eot]
+        if len(ids) > n_ctx:
+            ids = ids[:n_ctx]
+            ids[-1] = eot
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return _oracle()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer()
+
+
+def test_encode_identical(ref, tok):
+    for text in CORPUS:
+        assert tok.encode(text) == ref.encode(text), repr(text)
+
+
+def test_batch_identical_with_truncation(ref, tok):
+    rng = random.Random(0)
+    pool = [w for t in CORPUS for w in t.split()] + ["red", "circle", "left", "of", "3", "!"]
+    texts = CORPUS + [" ".join(rng.choice(pool) for _ in range(rng.randint(1, 30))) for _ in range(500)]
+    assert torch.equal(tok(texts, truncate=True), _reference_batch(ref, texts))
+
+
+def test_special_ids_and_padding(tok):
+    ids = tok(["a cat", ""])
+    assert ids.shape == (2, 77) and ids.dtype == torch.long
+    assert ids[0, 0] == 49406 and ids[1].tolist()[:3] == [49406, 49407, 0]
+    assert (ids[0] == 49407).nonzero().item() == 3 and ids[0, 4:].eq(0).all()
+    assert tok.vocab_size == 49408 and (tok.sot_token_id, tok.eot_token_id) == (49406, 49407)
+
+
+def test_too_long_errors_or_truncates(tok):
+    text = "word " * 100
+    with pytest.raises(TokenizerError, match=r"'word word .*\.\.\.' has 102 tokens.*truncate=True"):
+        tok([text])
+    ids = tok([text], truncate=True)
+    assert ids[0, -1] == 49407 and ids[0, 0] == 49406
+    assert tok([text], context_length=128).shape == (1, 128)
+
+
+def test_empty_list_is_an_error(tok):
+    with pytest.raises(TokenizerError, match="empty"):
+        tok([])
+
+
+def test_decode_round_trip(tok):
+    assert tok.decode(tok("A red Circle, left of 3 stars!")[0].tolist()) == "a red circle , left of 3 stars !"
+
+
+def test_train_bpe_save_load(tmp_path):
+    captions = [f"a {c} {s} on the {p}" for c in ("red", "green", "blue") for s in ("circle", "star")
+                for p in ("left", "right")] * 5
+    tok = train_bpe(captions, vocab_size=300, output=tmp_path / "tok.json", context_length=16)
+    assert tok.vocab_size <= 300 and tok.eot_token_id == tok.vocab_size - 1
+    again = get_tokenizer(TokenizerConfig(kind="bpe", vocab="tok.json", context_length=16), root=tmp_path)
+    ids = again(["a red circle on the left"])
+    assert torch.equal(ids, tok(["a red circle on the left"]))
+    assert ids.shape == (1, 16) and ids[0, 0] == again.sot_token_id
+    assert again.decode(ids[0].tolist()) == "a red circle on the left"
+    with pytest.raises(TokenizerError, match=r"missing\.json"):
+        get_tokenizer(TokenizerConfig(kind="bpe", vocab="missing.json"), root=tmp_path)
