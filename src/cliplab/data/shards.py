@@ -45,7 +45,7 @@ def expand_urls(pattern: str | Iterable[str]) -> list[str]:
 
 
 def _split_by_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
-    return urls[rank::world_size]
+    return list(urls)[rank::world_size]
 
 
 class _Errors:

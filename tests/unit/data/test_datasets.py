@@ -1,0 +1,132 @@
+"""CSV, folder and shard datasets: good rows become pairs, bad ones BadSamples naming file and row."""
+
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from cliplab.cli.main import main
+from cliplab.config import PreprocessConfig
+from cliplab.data.batch import BadSample, collate
+from cliplab.data.csv import CsvDataset
+from cliplab.data.folder import FolderDataset
+from cliplab.data.shards import ShardDataset, expand_urls, write_shards
+from cliplab.errors import CliplabError
+from cliplab.tokenizer import get_tokenizer
+from cliplab.transforms import Preprocess
+
+S = 16
+
+
+@pytest.fixture(scope="module")
+def transform():
+    return Preprocess(PreprocessConfig(image_size=S))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return get_tokenizer()
+
+
+def _image(path, colour=(200, 20, 20), size=(24, 20)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+@pytest.fixture
+def collection(tmp_path):
+    """Three good images, one corrupt, one missing, one with an empty caption."""
+    d = tmp_path / "data"
+    for i in range(3):
+        _image(d / "img" / f"{i}.png", colour=(60 * i, 10, 10))
+    (d / "img" / "bad.png").write_bytes(b"not an image")
+    rows = [
+        ("img/0.png", "a dark square"),
+        ("img/1.png", "a red square"),
+        ("img/bad.png", "a corrupt file"),
+        ("img/missing.png", "a missing file"),
+        ("img/2.png", "  "),
+        ("img/2.png", "a bright square"),
+    ]
+    (d / "data.tsv").write_text("filepath\ttitle\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
+    return d
+
+
+def test_csv_pairs_and_bad_rows(collection, transform, tokenizer):
+    ds = CsvDataset(collection / "data.tsv", transform, tokenizer, sep="\t")
+    items = [ds[i] for i in range(len(ds))]
+    good = [it for it in items if not isinstance(it, BadSample)]
+    bad = [it for it in items if isinstance(it, BadSample)]
+    assert len(good) == 3 and len(bad) == 3
+    assert good[0][0].shape == (3, S, S) and good[0][1].shape == (77,)
+    reasons = {b.source.rsplit(":", 1)[1]: b.reason for b in bad}
+    assert set(reasons) == {"4", "5", "6"}  # file lines (header is line 1)
+    assert "not found" in reasons["5"] and "empty caption" in reasons["6"]
+    batch = collate(items)
+    assert batch.images.shape == (3, 3, S, S) and len(batch.bad) == 3
+    assert torch.equal(batch.texts[1], tokenizer(["a red square"])[0])
+
+
+def test_csv_header_errors(collection, transform, tokenizer):
+    with pytest.raises(CliplabError, match=r"data\.tsv.*missing column.*wrong --csv-separator"):
+        CsvDataset(collection / "data.tsv", transform, tokenizer)  # comma separator on a TSV
+    with pytest.raises(CliplabError, match=r"missing column\(s\) \['caption'\]"):
+        CsvDataset(collection / "data.tsv", transform, tokenizer, caption_key="caption", sep="\t")
+
+
+def test_non_utf8_caption(tmp_path, transform, tokenizer):
+    _image(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_bytes(b"filepath,title\na.png,caf\xe9\na.png,ok\n")
+    ds = CsvDataset(tmp_path / "d.csv", transform, tokenizer)
+    assert isinstance(ds[0], BadSample) and "UTF-8" in ds[0].reason and ds[0].source.endswith(":2")
+    assert not isinstance(ds[1], BadSample)
+
+
+def test_folder(tmp_path, transform, tokenizer):
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red thing")
+    _image(tmp_path / "sub" / "b.jpg")
+    (tmp_path / "sub" / "b.txt").write_text("another")
+    _image(tmp_path / "c.png")  # no caption file
+    ds = FolderDataset(tmp_path, transform, tokenizer)
+    items = [ds[i] for i in range(len(ds))]
+    assert len(items) == 3
+    bad = [it for it in items if isinstance(it, BadSample)]
+    assert len(bad) == 1 and "c.txt" in bad[0].reason
+
+
+def test_shards_round_trip(collection, tmp_path, transform, tokenizer, capsys):
+    out = tmp_path / "shards"
+    assert main(["shards", "--input", str(collection / "data.tsv"), "--output", str(out),
+                 "--per-shard", "2", "--csv-separator", "\t"]) == 0
+    msg = capsys.readouterr()
+    assert "skipped 2 sample(s)" in msg.out and "missing.png" in msg.err
+    tars = sorted(out.glob("*.tar"))
+    assert [t.name for t in tars] == ["00000.tar", "00001.tar"]
+    with tarfile.open(tars[0]) as tf:
+        assert len(tf.getnames()) == 4  # 2 samples × (png + txt)
+    ds = ShardDataset(str(out / "{00000..00001}.tar"), transform, tokenizer, shuffle_buffer=1)
+    items = list(ds)
+    good = [it for it in items if not isinstance(it, BadSample)]
+    bad = [it for it in items if isinstance(it, BadSample)]
+    assert len(good) == 3 and len(bad) == 1 and "bad.png" not in bad[0].source  # corrupt bytes, named by key
+    assert "unreadable image" in bad[0].reason
+
+
+def test_shards_split_across_ranks_without_duplicates(tmp_path, transform, tokenizer):
+    imgs = [_image(tmp_path / "img" / f"{i}.png", colour=(i * 20, 0, 0)) for i in range(8)]
+    write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=2)
+    seen = []
+    for rank in range(2):
+        ds = ShardDataset(str(tmp_path / "s" / "{00000..00003}.tar"), transform, tokenizer,
+                          shuffle_buffer=1, rank=rank, world_size=2)
+        seen.append([tuple(tok[:4].tolist()) for _, tok in ds])
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert not set(seen[0]) & set(seen[1])
+
+
+def test_missing_shard(tmp_path):
+    with pytest.raises(CliplabError, match=r"shard .*00000\.tar not found \(2 of 2 missing\)"):
+        expand_urls(str(tmp_path / "{00000..00001}.tar"))
