@@ -1,0 +1,177 @@
+"""Image loading and preprocessing with Pillow and torch only (no torchvision).
+
+:class:`Preprocess` reproduces OpenAI's evaluation pipeline bit for bit — torchvision's
+``Resize(n, BICUBIC)`` (short side to ``n``, long side ``int(n * long / short)``, no-op when already that
+size), ``CenterCrop(n)`` (offset ``int(round((h - n) / 2))``), ``convert("RGB")``, ``ToTensor`` and
+``Normalize`` — in that order, so an RGBA or palette image is resized in its own mode first, as OpenAI's
+code does.
+
+Where ``transformers.CLIPImageProcessor`` differs (measured in ``tests/unit/test_transforms.py``):
+
+* its centre crop floors the offset, ``(h - n) // 2``, where torchvision rounds half to even: when
+  ``h - n ≡ 3 (mod 4)`` the two crops are one pixel apart;
+* it converts to RGB *before* resizing (and composites transparency on white), so images in any mode
+  other than RGB and L (RGBA, LA, P, CMYK, 1) differ by up to a few 1e-2 after normalisation;
+* elsewhere the two agree to ≤ 1e-5 (float rounding of its numpy rescale/normalise).
+
+:func:`load_image` opens a file or bytes, applies the EXIF orientation, maps 16/32-bit and float images
+to 8-bit grey (Pillow's own conversion would clip them), and enforces a decompression-bomb limit.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from typing import IO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cliplab.config import PreprocessConfig
+from cliplab.errors import CliplabError
+
+__all__ = ["ImageError", "Preprocess", "TrainTransform", "image_transform", "load_image", "to_tensor"]
+
+MAX_PIXELS = 178_956_970  # Pillow's own default bomb limit
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+class ImageError(CliplabError):
+    """An image that cannot be used: unreadable, corrupt, truncated or too large. Names the file."""
+
+
+def _name(src: object) -> str:
+    if isinstance(src, str | os.PathLike):
+        return str(src)
+    return getattr(src, "name", "<bytes>") if not isinstance(src, bytes | bytearray) else "<bytes>"
+
+
+def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image fully, EXIF-rotated, in a mode :class:`Preprocess` accepts; one-line errors."""
+    name = _name(src)
+    fh = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
+    try:
+        with Image.open(fh) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels}")
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_8bit(img)
+    except FileNotFoundError:
+        raise
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, UnidentifiedImageError):
+            reason = "not an image (or an unsupported format)"
+        raise ImageError(f"{name}: unreadable image ({reason})") from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    if img.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La", "RGBa"):
+        return img
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr.astype(np.float64) / hi * 255.0 + 0.5, 0, 255)
+    elif img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+    else:
+        return img.convert("RGB")
+    return Image.fromarray(arr.astype(np.uint8), mode="L")
+
+
+def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """RGB PIL image → normalised float tensor (3, H, W), with torchvision's exact arithmetic."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))  # (H, W, 3)
+    x = x.permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # (3, H, W)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _resize_short(img: Image.Image, n: int, resample: int) -> Image.Image:
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(n * long / short)
+    size = (n, new_long) if w <= h else (new_long, n)  # (w, h)
+    return img if size == (w, h) else img.resize(size, resample)
+
+
+def _center_crop(img: Image.Image, n: int) -> Image.Image:
+    w, h = img.size  # both >= n after _resize_short
+    top, left = int(round((h - n) / 2.0)), int(round((w - n) / 2.0))
+    return img.crop((left, top, left + n, top + n))
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+class Preprocess:
+    """Evaluation preprocessing: PIL image (any mode) → float tensor (3, S, S)."""
+
+    def __init__(self, cfg: PreprocessConfig) -> None:
+        self.cfg = cfg
+        self.resample = _RESAMPLE[cfg.interpolation]
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        n = self.cfg.image_size
+        if self.cfg.resize_mode == "squash":
+            img = img.resize((n, n), self.resample)
+        else:
+            img = _center_crop(_resize_short(img, n, self.resample), n)
+        return to_tensor(_rgb(img), self.cfg.mean, self.cfg.std)
+
+    def __repr__(self) -> str:
+        return f"Preprocess({self.cfg})"
+
+
+class TrainTransform:
+    """Training augmentation: random resized crop (area ``scale``, aspect ``ratio``) then normalisation."""
+
+    def __init__(self, cfg: PreprocessConfig, scale: tuple[float, float] = (0.9, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        self.cfg, self.scale, self.ratio = cfg, scale, ratio
+        self.resample = _RESAMPLE[cfg.interpolation]
+
+    def crop_box(self, width: int, height: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+        """(left, top, w, h) of the crop, drawn as torchvision's RandomResizedCrop draws it."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
+            aspect = math.exp(torch.empty(1).uniform_(*log_ratio, generator=generator).item())
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                return left, top, w, h
+        in_ratio = width / height  # fallback: the central crop with the closest allowed aspect
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        img = _rgb(img)  # augmentation resamples in RGB (better than resampling palette indices)
+        left, top, w, h = self.crop_box(*img.size, generator=generator)
+        n = self.cfg.image_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = img.resize((n, n), self.resample, box=(left, top, left + w, top + h))
+        return to_tensor(img, self.cfg.mean, self.cfg.std)
+
+
+def image_transform(cfg: PreprocessConfig, train: bool = False) -> Preprocess | TrainTransform:
+    return TrainTransform(cfg) if train else Preprocess(cfg)
