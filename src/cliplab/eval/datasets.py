@@ -1,0 +1,143 @@
+"""Labelled image datasets for zero-shot evaluation and linear probes.
+
+* :class:`ClassFolderDataset`: ``root/<class>/<image>``; classes are the sub-folder names in sorted order.
+* :class:`LabelCsvDataset`: a CSV with an image-path column and a label column. Labels are class indices
+  (integers) or class names; relative paths are resolved against the CSV's folder.
+
+Both yield ``(transform(image), label)``. ``classnames`` (a list in class order, or a mapping from folder /
+label name to display name) renames the classes, e.g. WordNet ids to readable names. An unreadable image
+raises a one-line :class:`~cliplab.errors.CliplabError` naming the file: evaluation does not skip data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cliplab.errors import CliplabError
+
+__all__ = ["ClassFolderDataset", "LabelCsvDataset", "make_loader"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+Transform = Callable[[Any], torch.Tensor]
+ClassNames = Sequence[str] | Mapping[str, str] | None
+
+
+def _load(path: Path, source: str, transform: Transform) -> torch.Tensor:
+    from cliplab.transforms import load_image
+
+    try:
+        return transform(load_image(path))
+    except FileNotFoundError:
+        raise CliplabError(f"{source}: image {path} does not exist") from None
+
+
+def _rename(labels: list[str], classnames: ClassNames, where: str) -> list[str]:
+    """Display names for ``labels`` (folder names or CSV label names) in class order."""
+    if classnames is None:
+        return list(labels)
+    if isinstance(classnames, Mapping):
+        missing = [name for name in labels if name not in classnames]
+        if missing:
+            raise CliplabError(f"{where}: no class name given for {missing[:5]} ({len(missing)} missing)")
+        return [classnames[name] for name in labels]
+    names = list(classnames)
+    if len(names) != len(labels):
+        raise CliplabError(f"{where}: {len(names)} class names given for {len(labels)} classes")
+    return names
+
+
+class ClassFolderDataset(Dataset):
+    """``root/<class folder>/**/<image>``; label = index of the folder among the sorted folder names."""
+
+    def __init__(self, root: str | os.PathLike[str], transform: Transform, classnames: ClassNames = None) -> None:
+        self.root, self.transform = Path(root), transform
+        if not self.root.is_dir():
+            raise CliplabError(f"{self.root}: not a folder")
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise CliplabError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
+        self.classnames = _rename(self.classes, classnames, str(self.root))
+        self.samples: list[tuple[Path, int]] = [
+            (p, label)
+            for label, name in enumerate(self.classes)
+            for p in sorted((self.root / name).rglob("*"))
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        ]
+        if not self.samples:
+            raise CliplabError(f"{self.root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return _load(path, str(path), self.transform), label
+
+
+class LabelCsvDataset(Dataset):
+    """CSV rows of (image path, label). Integer labels are class indices (``classnames`` then gives their
+    names, a list in index order); other labels are class names, ordered as ``classnames`` lists them or,
+    without it, sorted."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        transform: Transform,
+        img_key: str = "filepath",
+        label_key: str = "label",
+        sep: str = ",",
+        classnames: ClassNames = None,
+    ) -> None:
+        from cliplab.data.csv import read_rows
+
+        self.path, self.transform = Path(path), transform
+        rows, lines = read_rows(self.path, [img_key, label_key], sep)
+        if not rows:
+            raise CliplabError(f"{self.path}: no data rows")
+        for (image, _), line in zip(rows, lines, strict=True):
+            if not image:
+                raise CliplabError(f"{self.path}:{line}: empty {img_key!r}")
+        raw = [label.strip() for _, label in rows]
+        if all(label.lstrip("-").isdigit() for label in raw):
+            labels = [int(label) for label in raw]
+            n = max(labels) + 1
+            if classnames is not None and not isinstance(classnames, Mapping):
+                n = len(classnames)
+            for label, line in zip(labels, lines, strict=True):
+                if not 0 <= label < n:
+                    raise CliplabError(f"{self.path}:{line}: label {label} is outside 0..{n - 1}")
+            keys = [str(i) for i in range(n)]
+            self.classnames = _rename(keys, classnames, str(self.path))
+        else:
+            if classnames is None or isinstance(classnames, Mapping):
+                keys = sorted(set(raw))
+                self.classnames = _rename(keys, classnames, str(self.path))
+            else:
+                keys = self.classnames = list(classnames)
+            index = {name: i for i, name in enumerate(keys)}
+            for label, line in zip(raw, lines, strict=True):
+                if label not in index:
+                    raise CliplabError(f"{self.path}:{line}: label {label!r} is not among the class names")
+            labels = [index[label] for label in raw]
+        self.classes = keys
+        root = self.path.parent
+        self.samples = [(root / image, label) for (image, _), label in zip(rows, labels, strict=True)]
+        self.sources = [f"{self.path}:{line}" for line in lines]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return _load(path, self.sources[i], self.transform), label
+
+
+def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+    """Batches of ``(images (B, 3, S, S), labels (B,))`` in dataset order."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
