@@ -3,8 +3,9 @@
 scikit-learn's ``LogisticRegression`` (L-BFGS, ``max_iter`` 1000). The regularisation ``C`` (= 1/λ) is chosen
 on a validation split carved from the training set, then the probe is refit on the whole training set.
 Without ``c_grid`` the search is the paper's: start from C ∈ {1e-6, 1e-4, …, 1e6}, then repeatedly halve
-the step around the best value down to 1/8 decade (15 fits). With ``c_grid`` every listed C is tried.
-Ties go to the smaller C (stronger regularisation).
+the step around the best value down to 1/8 decade (at most 15 fits). With ``c_grid`` every listed C is
+tried. The best C has the highest validation accuracy; ties (common: accuracy is coarse) go to the lower
+validation log-loss, then to the smaller C.
 
 When no stratified validation split is possible (some class has a single training sample, as in
 1-shot probes) the probe is fit with ``fallback_c`` and ``ProbeResult.val_accuracy`` is None.
@@ -67,6 +68,13 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> Any:
         return clf.fit(x, y)
 
 
+def _val_score(clf: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, -log-loss) on the validation split: higher is better."""
+    from sklearn.metrics import log_loss
+
+    return float(clf.score(x, y)), -float(log_loss(y, clf.predict_proba(x), labels=clf.classes_))
+
+
 def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Stratified (train, val) indices with every class on both sides, or None when impossible."""
     classes, counts = np.unique(y, return_counts=True)
@@ -83,26 +91,27 @@ def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.concatenate(train), np.concatenate(val)
 
 
-def _search(fit_score, c_grid: Sequence[float] | None) -> dict[float, float]:
-    """Validation accuracy for each C tried: the given grid, or the paper's coarse-to-fine log search."""
-    scores: dict[float, float] = {}
+def _search(fit_score, c_grid: Sequence[float] | None) -> dict[float, tuple[float, ...]]:
+    """Validation score (a comparable tuple, higher is better) for each C tried: the given grid, or the
+    paper's coarse-to-fine search over log10 C in [-6, 6]."""
+    scores: dict[float, tuple[float, ...]] = {}
 
-    def score(log_c: float) -> float:
+    def score(log_c: float) -> tuple[float, ...]:
         c = float(10.0**log_c)
         if c not in scores:
-            scores[c] = fit_score(c)
+            scores[c] = tuple(fit_score(c))
         return scores[c]
 
     if c_grid is not None:
         for c in c_grid:
             score(math.log10(c))
         return scores
-    best = max(range(-6, 7, 2), key=lambda e: (score(e), -e))
+    best = max(range(-6, 7, 2), key=lambda e: (*score(e), -e))
     step = 2.0
     while step > 1 / 8:
         step /= 2
         candidates = [best] + [best + d for d in (-step, step) if -6 <= best + d <= 6]
-        best = max(candidates, key=lambda e: (score(e), -e))
+        best = max(candidates, key=lambda e: (*score(e), -e))
     return scores
 
 
@@ -135,8 +144,9 @@ def linear_probe(
         c, val_acc = fallback_c, None
     else:
         tr, va = split
-        searched = _search(lambda c: float(_fit(xtr[tr], ytr[tr], c, max_iter).score(xtr[va], ytr[va])), c_grid)
-        c = max(searched, key=lambda k: (searched[k], -k))
+        scores = _search(lambda c: _val_score(_fit(xtr[tr], ytr[tr], c, max_iter), xtr[va], ytr[va]), c_grid)
+        c = max(scores, key=lambda k: (*scores[k], -k))
+        searched = {k: v[0] for k, v in scores.items()}
         val_acc = searched[c]
     clf = _fit(xtr, ytr, c, max_iter)
     accuracy = float(clf.score(xte, yte)) if len(yte) else float("nan")

@@ -1,0 +1,152 @@
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from cliplab.errors import CliplabError
+from cliplab.eval.plots import plot_confusion
+from cliplab.eval.zeroshot import load_classifier, save_classifier, zero_shot_classifier, zero_shot_evaluate
+from tests.unit.eval.toy import TableTokenizer, ToyEncoder, images_from_features
+
+PROMPTS = ["a cat", "the cat", "a dog", "the dog"]
+TABLE = torch.tensor([[3.0, 4.0], [2.0, 0.0], [0.0, 5.0], [-1.0, 1.0]])  # embeddings of PROMPTS
+
+
+def test_classifier_matches_hand_computation():
+    model, tok = ToyEncoder(TABLE), TableTokenizer(PROMPTS)
+    w = zero_shot_classifier(model, tok, ["cat", "dog"], ["a {}", "the {}"])
+    # cat: mean of (0.6, 0.8) and (1, 0) = (0.8, 0.4), normalised -> (2, 1)/sqrt(5)
+    cat = torch.tensor([2.0, 1.0]) / math.sqrt(5)
+    # dog: mean of (0, 1) and (-1, 1)/sqrt(2), normalised
+    r = 1 / math.sqrt(2)
+    dog = torch.tensor([-r / 2, (1 + r) / 2])
+    dog = dog / dog.norm()
+    assert w.shape == (2, 2)  # (D, C)
+    torch.testing.assert_close(w[:, 0], cat)
+    torch.testing.assert_close(w[:, 1], dog)
+
+
+def test_classifier_is_independent_of_batch_size_and_template_forms():
+    model = ToyEncoder(TABLE)
+    tok = TableTokenizer(PROMPTS)
+    w_big = zero_shot_classifier(model, tok, ["cat", "dog"], ["a {}", "the {}"], batch_size=256)
+    tok_small = TableTokenizer(PROMPTS)
+    w_small = zero_shot_classifier(model, tok_small, ["cat", "dog"], ["a {}", "the {}"], batch_size=3)
+    assert tok_small.calls == [3, 1]
+    torch.testing.assert_close(w_big, w_small)
+    # one template as a bare string == a list of that template
+    w1 = zero_shot_classifier(model, tok, ["cat", "dog"], "the {}")
+    torch.testing.assert_close(w1, torch.nn.functional.normalize(TABLE[[1, 3]], dim=-1).T)
+
+
+def test_builtin_template_name_is_resolved():
+    prompts = ["a photo of a cat.", "a photo of a dog."]
+    table = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    w = zero_shot_classifier(ToyEncoder(table), TableTokenizer(prompts), ["cat", "dog"], "simple")
+    torch.testing.assert_close(w, torch.eye(2))
+
+
+def test_classifier_rejects_bad_input():
+    model, tok = ToyEncoder(TABLE), TableTokenizer(PROMPTS)
+    with pytest.raises(CliplabError, match="empty"):
+        zero_shot_classifier(model, tok, [], ["a {}"])
+    with pytest.raises(CliplabError, match="placeholder"):
+        zero_shot_classifier(model, tok, ["cat"], ["a {}", "no slot"])
+
+
+def _ranked_scores(true_class: int, rank: int, num_classes: int) -> torch.Tensor:
+    """A score vector in which ``true_class`` is at position ``rank`` (1-based) of the descending order."""
+    order = [c for c in range(num_classes) if c != true_class]
+    order.insert(rank - 1, true_class)
+    scores = torch.zeros(num_classes)
+    for position, c in enumerate(order):
+        scores[c] = num_classes - position
+    return scores
+
+
+def test_evaluate_known_top1_top5_confusion_and_per_class():
+    c = 7
+    model = ToyEncoder(torch.eye(c))
+    classifier = torch.eye(c)  # logits = normalised image feature
+    labels = [0, 0, 1, 1, 2, 3, 4, 5]
+    ranks = [1, 2, 1, 6, 1, 5, 7, 1]
+    feats = torch.stack([_ranked_scores(y, r, c) for y, r in zip(labels, ranks, strict=True)])
+    images, y = images_from_features(feats), torch.tensor(labels)
+    res = zero_shot_evaluate(model, classifier, [(images[:3], y[:3]), (images[3:], y[3:])])
+    assert res.n == 8
+    assert res.top1 == pytest.approx(4 / 8)
+    assert res.top5 == pytest.approx(6 / 8)
+    expected = torch.zeros(c, c, dtype=torch.long)
+    for label, f in zip(labels, feats, strict=True):
+        expected[label, int(f.argmax())] += 1
+    assert torch.equal(res.confusion, expected)
+    # per-class recall: class 0: 1/2, class 1: 1/2, class 2: 1, class 3: 0, class 4: 0, class 5: 1; class 6 absent
+    assert res.mean_per_class_recall == pytest.approx((0.5 + 0.5 + 1 + 0 + 0 + 1) / 6)
+    rows = res.per_class([f"c{i}" for i in range(c)])
+    assert rows[0] == {"class": 0, "name": "c0", "support": 2, "correct": 1, "recall": 0.5}
+    assert rows[6]["support"] == 0 and rows[6]["recall"] is None
+    assert res.to_dict()["top1"] == res.top1
+
+
+def test_evaluate_end_to_end_with_built_classifier():
+    # image features point at their class's prompt embedding, with noise: all correct
+    torch.manual_seed(0)
+    table = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    prompts = ["a photo of a w.", "a photo of a x.", "a photo of a y.", "a photo of a z."]
+    model = ToyEncoder(table)
+    w = zero_shot_classifier(model, TableTokenizer(prompts), ["w", "x", "y", "z"], "simple")
+    labels = torch.arange(4).repeat(5)
+    feats = table[labels] + 0.05 * torch.randn(20, 16)
+    res = zero_shot_evaluate(model, w, [(images_from_features(feats), labels)])
+    assert res.top1 == 1.0 and res.mean_per_class_recall == 1.0
+
+
+def test_evaluate_rejects_labels_outside_the_classifier():
+    model = ToyEncoder(torch.eye(3))
+    with pytest.raises(CliplabError, match="label 3"):
+        zero_shot_evaluate(model, torch.eye(3), [(images_from_features(torch.eye(3)), torch.tensor([0, 1, 3]))])
+    with pytest.raises(CliplabError, match="no images"):
+        zero_shot_evaluate(model, torch.eye(3), [])
+
+
+def test_save_load_classifier_roundtrip(tmp_path):
+    w = torch.nn.functional.normalize(torch.randn(8, 3), dim=0)
+    path = tmp_path / "sub" / "clf.safetensors"
+    save_classifier(path, w, ["a", "b", "c"], ["a photo of a {}.", "the {}."])
+    loaded = load_classifier(path)
+    assert torch.equal(loaded.weights, w)
+    assert loaded.classnames == ["a", "b", "c"]
+    assert loaded.templates == ["a photo of a {}.", "the {}."]
+    weights, names, _ = loaded  # unpacks like a tuple
+    assert weights is loaded.weights
+    assert names == ["a", "b", "c"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["clf.safetensors"]  # no temporary left
+
+
+def test_save_load_classifier_errors(tmp_path):
+    with pytest.raises(CliplabError, match="do not match"):
+        save_classifier(tmp_path / "x.safetensors", torch.zeros(4, 2), ["a", "b", "c"], "simple")
+    with pytest.raises(CliplabError, match="no such file"):
+        load_classifier(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(CliplabError, match=r"junk\.safetensors"):
+        load_classifier(junk)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"weights": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(CliplabError, match="not a cliplab zero-shot classifier"):
+        load_classifier(other)
+
+
+def test_plot_confusion_writes_a_png(tmp_path):
+    model = ToyEncoder(torch.eye(3))
+    feats = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0]])
+    res = zero_shot_evaluate(model, torch.eye(3), [(images_from_features(feats), torch.tensor([0, 1, 2]))])
+    path = tmp_path / "confusion.png"
+    plot_confusion(res, ["red", "green", "blue"], path)
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 100
+    assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]
