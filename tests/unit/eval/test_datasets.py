@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cliplab.config import PreprocessConfig
+from cliplab.errors import CliplabError
+from cliplab.eval.datasets import ClassFolderDataset, LabelCsvDataset, make_loader
+from cliplab.eval.zeroshot import zero_shot_classifier, zero_shot_evaluate
+from cliplab.transforms import ImageError, Preprocess
+from tests.unit.eval.toy import TableTokenizer, ToyEncoder
+
+COLOURS = {"n01_red": (255, 0, 0), "n02_green": (0, 255, 0), "n03_blue": (0, 0, 255)}
+
+
+def stand_in(img: Image.Image) -> torch.Tensor:
+    """A minimal transform: RGB pixels in [0, 1], (3, H, W)."""
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "val"
+    for name, rgb in COLOURS.items():
+        (root / name / "nested").mkdir(parents=True)
+        for i in range(3):
+            sub = root / name / ("nested" if i == 2 else "")
+            Image.new("RGB", (12 + i, 10), rgb).save(sub / f"{i}.png")
+    (root / "n02_green" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_classes_labels_and_renaming(folder):
+    ds = ClassFolderDataset(folder, stand_in)
+    assert ds.classes == ["n01_red", "n02_green", "n03_blue"]
+    assert ds.classnames == ds.classes
+    assert len(ds) == 9
+    assert [label for _, label in ds.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    img, label = ds[4]
+    assert label == 1 and img.shape == (3, 10, 13) and img[1].min() == 1.0 and img[0].max() == 0.0
+    renamed = ClassFolderDataset(folder, stand_in, classnames=["red", "green", "blue"])
+    assert renamed.classnames == ["red", "green", "blue"]
+    mapped = ClassFolderDataset(folder, stand_in, classnames={"n03_blue": "B", "n01_red": "R", "n02_green": "G"})
+    assert mapped.classnames == ["R", "G", "B"]
+
+
+def test_folder_errors(folder, tmp_path):
+    with pytest.raises(CliplabError, match="2 class names given for 3 classes"):
+        ClassFolderDataset(folder, stand_in, classnames=["a", "b"])
+    with pytest.raises(CliplabError, match="n03_blue"):
+        ClassFolderDataset(folder, stand_in, classnames={"n01_red": "r", "n02_green": "g"})
+    with pytest.raises(CliplabError, match="no class sub-folders"):
+        ClassFolderDataset(tmp_path / "val" / "n01_red" / "nested", stand_in)
+    (folder / "n01_red" / "0.png").write_bytes(b"broken")
+    with pytest.raises(ImageError, match=r"n01_red/0\.png"):
+        ClassFolderDataset(folder, stand_in)[0]
+
+
+def test_zero_shot_end_to_end_on_a_folder(folder):
+    """Solid-colour images, a toy encoder that pools each channel, prompts embedded on the RGB axes."""
+    prompts = ["a photo of a red.", "a photo of a green.", "a photo of a blue."]
+    model = ToyEncoder(torch.eye(3), pool=True)
+    ds = ClassFolderDataset(folder, Preprocess(PreprocessConfig(image_size=8)), classnames=["red", "green", "blue"])
+    w = zero_shot_classifier(model, TableTokenizer(prompts), ds.classnames, "simple")
+    res = zero_shot_evaluate(model, w, make_loader(ds, batch_size=4))
+    assert res.n == 9 and res.top1 == 1.0
+    assert torch.equal(res.confusion, 3 * torch.eye(3, dtype=torch.long))
+
+
+def write_csv(path, rows, header=("filepath", "label")):
+    path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
+    return path
+
+
+def test_csv_integer_labels_with_classnames(folder, tmp_path):
+    csv = write_csv(tmp_path / "val.csv", [("val/n01_red/0.png", 0), ("val/n03_blue/1.png", 2)])
+    ds = LabelCsvDataset(csv, stand_in, classnames=["red", "green", "blue"])
+    assert ds.classnames == ["red", "green", "blue"]
+    assert len(ds) == 2 and ds[1][1] == 2 and ds[1][0][2].min() == 1.0
+    plain = LabelCsvDataset(csv, stand_in)
+    assert plain.classnames == ["0", "1", "2"]
+
+
+def test_csv_string_labels_custom_columns(folder, tmp_path):
+    csv = write_csv(tmp_path / "v.tsv", [("val/n01_red/0.png", "red"), ("val/n02_green/0.png", "green")],
+                    header=("img", "cls"))
+    csv.write_text(csv.read_text().replace(",", "\t"))
+    ds = LabelCsvDataset(csv, stand_in, img_key="img", label_key="cls", sep="\t")
+    assert ds.classnames == ["green", "red"]  # sorted without a class-name list
+    assert [label for _, label in ds.samples] == [1, 0]
+    ordered = LabelCsvDataset(csv, stand_in, img_key="img", label_key="cls", sep="\t",
+                              classnames=["red", "green", "blue"])
+    assert [label for _, label in ordered.samples] == [0, 1]
+    mapped = LabelCsvDataset(csv, stand_in, img_key="img", label_key="cls", sep="\t",
+                             classnames={"red": "a red thing", "green": "a green thing"})
+    assert mapped.classnames == ["a green thing", "a red thing"] and mapped.classes == ["green", "red"]
+
+
+def test_csv_errors_name_the_row(folder, tmp_path):
+    csv = write_csv(tmp_path / "a.csv", [("val/n01_red/0.png", 0), ("val/n01_red/1.png", 3)])
+    with pytest.raises(CliplabError, match=r"a\.csv:3: label 3 is outside 0\.\.2"):
+        LabelCsvDataset(csv, stand_in, classnames=["r", "g", "b"])
+    csv = write_csv(tmp_path / "b.csv", [("val/n01_red/0.png", "red"), ("val/n01_red/1.png", "pink")])
+    with pytest.raises(CliplabError, match=r"b\.csv:3: label 'pink'"):
+        LabelCsvDataset(csv, stand_in, classnames=["red", "green"])
+    csv = write_csv(tmp_path / "c.csv", [("missing.png", 0)])
+    with pytest.raises(CliplabError, match=r"c\.csv:2: image .*missing\.png does not exist"):
+        LabelCsvDataset(csv, stand_in)[0]
+    with pytest.raises(CliplabError, match="missing column"):
+        LabelCsvDataset(csv, stand_in, label_key="class")
