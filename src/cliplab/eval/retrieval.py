@@ -55,13 +55,19 @@ def retrieval_ranks(
     t2i_wrong = torch.zeros(nt, dtype=torch.long, device=img.device)
     for i0 in range(0, ni, chunk_size):
         i1 = min(i0 + chunk_size, ni)
-        rows = torch.arange(i0, i1, device=img.device)
         for t0 in range(0, nt, chunk_size):
             t1 = min(t0 + chunk_size, nt)
             scores = img[i0:i1] @ txt[t0:t1].T  # (bi, bt)
-            wrong = rows[:, None] != t2i[None, t0:t1]  # (bi, bt) pair is not image-caption
-            i2t_wrong[i0:i1] += ((scores >= best[i0:i1, None]) & wrong).sum(dim=1)
-            t2i_wrong[t0:t1] += ((scores >= pos[None, t0:t1]) & wrong).sum(dim=0)
+            i2t_wrong[i0:i1] += (scores >= best[i0:i1, None]).sum(dim=1)
+            t2i_wrong[t0:t1] += (scores >= pos[None, t0:t1]).sum(dim=0)
+            # the correct pairs inside this block were counted too: take them back out, using the block's
+            # own values so that the comparison is the same one made above
+            own = t2i[t0:t1]  # (bt,)
+            cols = ((own >= i0) & (own < i1)).nonzero().view(-1)  # texts whose image is in this block
+            rows = own[cols]  # absolute image index
+            vals = scores[rows - i0, cols]  # (k,)
+            i2t_wrong.index_add_(0, rows, -(vals >= best[rows]).long())
+            t2i_wrong[t0 + cols] -= (vals >= pos[t0 + cols]).long()
     return i2t_wrong + 1, t2i_wrong + 1
 
 
