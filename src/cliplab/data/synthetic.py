@@ -1,0 +1,305 @@
+"""A synthetic world of coloured shapes: (image, caption) pairs that need no download.
+
+Scenes hold one or two objects — a shape, a colour, a size, a position, and for two objects the relation
+between them ("a red circle left of a blue star") — over varied backgrounds. A set of (colour, shape)
+combinations is held out of training entirely, so zero-shot recognition of those combinations measures
+whether the model composed what it learned. Every sample is a pure function of ``(seed, stream, index)``,
+so streams split across workers and ranks without duplicates and resume exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cliplab.fileio import atomic_path, atomic_write
+
+__all__ = ["Scene", "SyntheticDataset", "SyntheticWorld", "WorldConfig", "labelled_set", "retrieval_set",
+           "write_classification_folder", "write_csv", "write_folder", "write_shards"]
+
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 70, 230), "yellow": (245, 225, 30),
+    "purple": (140, 40, 180), "orange": (250, 130, 20), "white": (250, 250, 250), "black": (10, 10, 10),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "diamond", "ring")
+POSITIONS = {"left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "centre": (0.5, 0.5)}
+FULL = ("a {size} {colour} {shape}", "a photo of a {colour} {shape}", "a {colour} {shape}",
+        "a {colour} {shape} on the {pos}", "a picture of a {size} {colour} {shape}", "one {colour} {shape}")
+COLOUR_ONLY = ("something {colour}", "a {colour} object", "a {colour} thing")
+SHAPE_ONLY = ("a {shape}", "a photo of a {shape}", "a {shape} shape")
+EVAL_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "one {}.", "a small {}.", "a large {}.")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    image_size: int = 32
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+    held_out: tuple[tuple[str, str], ...] | None = None  # None: the diagonal, one pair per colour and shape
+    two_object_prob: float = 0.25
+    full_caption_prob: float = 0.85
+    seed: int = 0
+    supersample: int = 4
+
+    def held_out_pairs(self) -> tuple[tuple[str, str], ...]:
+        if self.held_out is not None:
+            return tuple(tuple(p) for p in self.held_out)
+        n = min(len(self.colours), len(self.shapes))
+        return tuple((self.colours[i], self.shapes[(i * 3) % len(self.shapes)]) for i in range(n))
+
+
+@dataclass
+class Scene:
+    image: Image.Image
+    caption: str
+    colour: str
+    shape: str
+    second: tuple[str, str] | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    def ring(k: int, radii: list[float], phase: float) -> list[tuple[float, float]]:
+        return [(cx + radii[i % len(radii)] * r * math.cos(phase + 2 * math.pi * i / k),
+                 cy + radii[i % len(radii)] * r * math.sin(phase + 2 * math.pi * i / k)) for i in range(k)]
+
+    if shape == "square":
+        return ring(4, [1.2], math.pi / 4)
+    if shape == "diamond":
+        return [(cx, cy - 1.15 * r), (cx + 0.75 * r, cy), (cx, cy + 1.15 * r), (cx - 0.75 * r, cy)]
+    if shape == "triangle":
+        return ring(3, [1.15], -math.pi / 2)
+    if shape == "star":
+        return ring(10, [1.2, 0.5], -math.pi / 2)
+    if shape == "cross":
+        a, b = 0.35 * r, 1.05 * r
+        return [(cx - a, cy - b), (cx + a, cy - b), (cx + a, cy - a), (cx + b, cy - a), (cx + b, cy + a),
+                (cx + a, cy + a), (cx + a, cy + b), (cx - a, cy + b), (cx - a, cy + a), (cx - b, cy + a),
+                (cx - b, cy - a), (cx - a, cy - a)]
+    if shape == "heart":
+        pts = []
+        for i in range(40):
+            t = 2 * math.pi * i / 40
+            x = 16 * math.sin(t) ** 3
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((cx + x / 16 * 1.1 * r, cy - (y + 2) / 16 * 1.1 * r))
+        return pts
+    raise ValueError(shape)
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, int], cx: float, cy: float, r: float,
+          bg: tuple[int, int, int]) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "ring":
+        draw.ellipse([cx - 1.1 * r, cy - 1.1 * r, cx + 1.1 * r, cy + 1.1 * r], fill=colour)
+        draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=bg)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r), fill=colour)
+
+
+class SyntheticWorld:
+    def __init__(self, cfg: WorldConfig | None = None) -> None:
+        self.cfg = cfg or WorldConfig()
+        held = set(self.cfg.held_out_pairs())
+        self._all = [(c, s) for c in self.cfg.colours for s in self.cfg.shapes]
+        self._seen = [p for p in self._all if p not in held]
+        self._held = [p for p in self._all if p in held]
+
+    def classnames(self) -> list[str]:
+        """Every colour × shape combination, as ``"red circle"``, in a fixed order."""
+        return [f"{c} {s}" for c, s in self._all]
+
+    def class_index(self, colour: str, shape: str) -> int:
+        return self._all.index((colour, shape))
+
+    def held_out_pairs(self) -> list[tuple[str, str]]:
+        return list(self._held)
+
+    def seen_pairs(self) -> list[tuple[str, str]]:
+        return list(self._seen)
+
+    def _pairs(self, split: str) -> list[tuple[str, str]]:
+        return {"train": self._seen, "heldout": self._held, "all": self._all}[split]
+
+    def _background(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+        base = rng.integers(60, 190, 3)
+        kind = rng.integers(3)
+        if kind == 0:
+            arr = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+        elif kind == 1:
+            other = rng.integers(60, 190, 3)
+            t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+            arr = (base * (1 - t) + other * t) * np.ones((1, size, 1), np.float32)
+            arr = arr if rng.random() < 0.5 else arr.transpose(1, 0, 2)
+        else:
+            arr = base + rng.normal(0, 18, (size, size, 3))
+        grey = base.mean()
+        arr = 0.6 * arr + 0.4 * grey  # desaturate: objects keep the only strong colours
+        return np.clip(arr, 0, 255).astype(np.uint8), tuple(int(v) for v in np.clip(base * 0.6 + 0.4 * grey, 0, 255))
+
+    def sample(self, rng: np.random.Generator, split: str = "train", two_objects: bool | None = None,
+               pair: tuple[str, str] | None = None) -> Scene:
+        """One scene; ``pair`` fixes the (colour, shape) of the main object."""
+        cfg = self.cfg
+        pairs = self._pairs(split)
+        colour, shape = pair if pair is not None else pairs[rng.integers(len(pairs))]
+        ss = cfg.image_size * cfg.supersample
+        bg_arr, bg = self._background(rng, ss)
+        img = Image.fromarray(bg_arr)
+        draw = ImageDraw.Draw(img)
+        two = (rng.random() < cfg.two_object_prob) if two_objects is None else two_objects
+        size = "large" if rng.random() < 0.5 else "small"
+        radius = (0.34 if size == "large" else 0.26) * ss
+        second = None
+        if two:
+            # the first object goes left/right or top/bottom of the second; both smaller
+            axis = "h" if rng.random() < 0.5 else "v"
+            first_pos, second_pos = ("left", "right") if axis == "h" else ("top", "bottom")
+            if rng.random() < 0.5:
+                first_pos, second_pos = second_pos, first_pos
+            pool = self._seen if split == "train" else self._all
+            second = pool[rng.integers(len(pool))]
+            r = 0.21 * ss
+            for (c, s), pos in (((colour, shape), first_pos), (second, second_pos)):
+                px, py = POSITIONS[pos]
+                _draw(draw, s, COLOURS[c], px * ss, py * ss, r, bg)
+            relation = {"left": "left of", "right": "right of", "top": "above", "bottom": "below"}[first_pos]
+            caption = f"a {colour} {shape} {relation} a {second[0]} {second[1]}"
+            pos = first_pos
+        else:
+            pos = ("centre", "left", "right", "top", "bottom")[rng.integers(5)]
+            px, py = POSITIONS[pos]
+            jitter = (rng.random(2) - 0.5) * 0.12 * ss
+            px, py = px * ss + jitter[0], py * ss + jitter[1]
+            if pos != "centre":  # keep the object inside the frame
+                px, py = (0.5 * ss + (px - 0.5 * ss) * 0.55), (0.5 * ss + (py - 0.5 * ss) * 0.55)
+            _draw(draw, shape, COLOURS[colour], px, py, radius, bg)
+            u = rng.random()
+            if u < cfg.full_caption_prob:
+                template = FULL[rng.integers(len(FULL))]
+            elif u < cfg.full_caption_prob + (1 - cfg.full_caption_prob) / 2:
+                template = COLOUR_ONLY[rng.integers(len(COLOUR_ONLY))]
+            else:
+                template = SHAPE_ONLY[rng.integers(len(SHAPE_ONLY))]
+            caption = template.format(size=size, colour=colour, shape=shape, pos=pos)
+        image = img.resize((cfg.image_size, cfg.image_size), Image.BOX)
+        return Scene(image, caption, colour, shape, second, {"size": size, "position": pos})
+
+    def rng(self, stream: int, index: int) -> np.random.Generator:
+        """The generator of sample ``index`` of ``stream``: a pure function of (seed, stream, index)."""
+        return np.random.default_rng(np.random.SeedSequence([self.cfg.seed, stream, index]))
+
+
+class SyntheticDataset(IterableDataset):
+    """Streams ``(image tensor, token ids)``; each (rank, worker, epoch) reads its own stream.
+
+    ``length`` samples per epoch in total (split over ranks and workers); ``None`` streams forever.
+    ``start`` skips the first samples of every stream (resuming mid-epoch reproduces the exact tail).
+    """
+
+    def __init__(self, world: SyntheticWorld, transform, tokenizer, split: str = "train", length: int | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+        self.world, self.transform, self.tokenizer = world, transform, tokenizer
+        self.split, self.length, self.seed = split, length, seed
+        self.rank, self.world_size, self.start, self.epoch = rank, world_size, start, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        stream_index = self.rank * n_workers + worker
+        n_streams = self.world_size * n_workers
+        stream = ((self.seed * 1_000_003 + self.epoch) * 4099 + stream_index) & 0x7FFFFFFF
+        count = None if self.length is None else (self.length - stream_index + n_streams - 1) // n_streams
+        i = self.start
+        while count is None or i < count:
+            scene = self.world.sample(self.world.rng(stream, i), self.split)
+            yield self.transform(scene.image), self.tokenizer([scene.caption], truncate=True)[0]
+            i += 1
+
+
+def labelled_set(world: SyntheticWorld, n_per_class: int, split: str = "all", seed: int = 1) -> list:
+    """Single-object images with their class index: ``[(PIL image, class), ...]``."""
+    out = []
+    for colour, shape in world._pairs(split):
+        k = world.class_index(colour, shape)
+        for i in range(n_per_class):
+            scene = world.sample(world.rng(10_000 + seed, k * 100_000 + i), split, two_objects=False,
+                                 pair=(colour, shape))
+            out.append((scene.image, k))
+    return out
+
+
+def retrieval_set(world: SyntheticWorld, n: int, seed: int = 2, split: str = "all") -> list:
+    """Fresh scenes with full captions: ``[(PIL image, caption), ...]``."""
+    cfg = WorldConfig(**{**world.cfg.__dict__, "full_caption_prob": 1.0})
+    full = SyntheticWorld(cfg)
+    return [(s.image, s.caption) for s in (full.sample(world.rng(20_000 + seed, i), split) for i in range(n))]
+
+
+def _scenes(world: SyntheticWorld, n: int, seed: int) -> Iterator[Scene]:
+    for i in range(n):
+        yield world.sample(world.rng(30_000 + seed, i), "train")
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_folder(world: SyntheticWorld, n: int, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(_scenes(world, n, seed)):
+        _save_png(scene.image, out / f"{i:06d}.png")
+        with atomic_write(out / f"{i:06d}.txt", encoding="utf-8") as fh:
+            fh.write(scene.caption)
+    return out
+
+
+def write_csv(world: SyntheticWorld, n: int, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
+    """``out_dir/images/*.png`` + ``out_dir/train.csv`` (columns filepath,title; relative paths)."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, scene in enumerate(_scenes(world, n, seed)):
+        _save_png(scene.image, out / "images" / f"{i:06d}.png")
+        rows.append((f"images/{i:06d}.png", scene.caption))
+    with atomic_write(out / "train.csv", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+    return out / "train.csv"
+
+
+def write_shards(world: SyntheticWorld, n: int, out_dir: str | os.PathLike[str], per_shard: int = 1000,
+                 seed: int = 0) -> list[Path]:
+    from cliplab.data.shards import write_shards as _write
+
+    folder = write_folder(world, n, Path(out_dir) / "_images", seed)
+    images = sorted(folder.glob("*.png"))
+    return _write(((p, p.with_suffix(".txt").read_text()) for p in images), out_dir, per_shard)
+
+
+def write_classification_folder(world: SyntheticWorld, n_per_class: int, out_dir: str | os.PathLike[str],
+                                split: str = "all", seed: int = 1) -> Path:
+    """One subfolder per class name, for ``cliplab eval zeroshot``."""
+    out = Path(out_dir)
+    names = world.classnames()
+    for i, (image, label) in enumerate(labelled_set(world, n_per_class, split, seed)):
+        folder = out / names[label].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_png(image, folder / f"{i:06d}.png")
+    return out

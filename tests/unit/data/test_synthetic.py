@@ -1,0 +1,96 @@
+import csv
+import tarfile
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cliplab.data.synthetic import (
+    SyntheticDataset,
+    SyntheticWorld,
+    WorldConfig,
+    labelled_set,
+    retrieval_set,
+    write_classification_folder,
+    write_csv,
+    write_shards,
+)
+
+
+def _fake_transform(img):
+    return torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
+
+
+class _FakeTokenizer:
+    def __call__(self, texts, truncate=False):
+        return torch.tensor([[hash(t) % 1000 for t in texts]])
+
+
+def test_deterministic():
+    w = SyntheticWorld()
+    a, b = w.sample(w.rng(0, 5)), w.sample(w.rng(0, 5))
+    assert a.caption == b.caption and a.image.tobytes() == b.image.tobytes()
+    assert a.image.size == (32, 32) and a.image.mode == "RGB"
+    assert w.sample(w.rng(0, 6)).image.tobytes() != a.image.tobytes()
+
+
+def test_held_out_never_in_training():
+    w = SyntheticWorld()
+    held = set(w.held_out_pairs())
+    assert len(held) == 8 and len(w.seen_pairs()) == 56
+    assert {c for c, _ in held} == set(w.cfg.colours) and {s for _, s in held} == set(w.cfg.shapes)
+    seen_colours, seen_shapes = set(), set()
+    for i in range(3000):
+        s = w.sample(w.rng(1, i), "train")
+        assert (s.colour, s.shape) not in held
+        assert s.second is None or s.second not in held
+        assert s.colour in s.caption or s.shape in s.caption
+        seen_colours.add(s.colour)
+        seen_shapes.add(s.shape)
+    assert seen_colours == set(w.cfg.colours) and seen_shapes == set(w.cfg.shapes)
+
+
+def test_custom_held_out():
+    w = SyntheticWorld(WorldConfig(held_out=(("red", "star"),)))
+    assert w.held_out_pairs() == [("red", "star")]
+
+
+def test_streams_split_across_workers_and_resume():
+    w = SyntheticWorld()
+    ds = SyntheticDataset(w, _fake_transform, _FakeTokenizer(), length=40, seed=3)
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    items = [tok.item() * 0 + img.sum().item() for img, tok in loader]
+    assert len(items) == 40 and len(set(items)) > 35  # no duplicated streams
+    ranks = [list(SyntheticDataset(w, _fake_transform, _FakeTokenizer(), length=20, rank=r, world_size=2))
+             for r in range(2)]
+    sums = [{img.sum().item() for img, _ in r} for r in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == 10 and not sums[0] & sums[1]
+    full = list(SyntheticDataset(w, _fake_transform, _FakeTokenizer(), length=10))
+    tail = list(SyntheticDataset(w, _fake_transform, _FakeTokenizer(), length=10, start=6))
+    assert len(tail) == 4
+    for (a, _), (b, _) in zip(full[6:], tail, strict=True):
+        assert torch.equal(a, b)
+    ds.set_epoch(1)
+    assert not torch.equal(next(iter(ds))[0], next(iter(SyntheticDataset(w, _fake_transform, _FakeTokenizer(),
+                                                                         length=40, seed=3)))[0])
+
+
+def test_eval_sets():
+    w = SyntheticWorld()
+    ls = labelled_set(w, 2, "heldout")
+    assert len(ls) == 16 and {k for _, k in ls} == {w.class_index(c, s) for c, s in w.held_out_pairs()}
+    rs = retrieval_set(w, 10)
+    assert len(rs) == 10 and all(isinstance(c, str) and c for _, c in rs)
+
+
+def test_writers(tmp_path):
+    w = SyntheticWorld()
+    path = write_csv(w, 5, tmp_path / "csv")
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    assert len(rows) == 5 and (tmp_path / "csv" / rows[0]["filepath"]).exists() and rows[0]["title"]
+    shards = write_shards(w, 5, tmp_path / "wds", per_shard=2)
+    assert len(shards) == 3
+    with tarfile.open(shards[0]) as tf:
+        assert sorted(n.rsplit(".", 1)[1] for n in tf.getnames()) == ["png", "png", "txt", "txt"]
+    out = write_classification_folder(w, 1, tmp_path / "cls", split="heldout")
+    assert len(list(out.iterdir())) == 8
