@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import IterableDataset, get_worker_info
 
+from cliplab.data.batch import Batch
 from cliplab.fileio import atomic_path, atomic_write
 
 __all__ = ["Scene", "SyntheticDataset", "SyntheticWorld", "WorldConfig", "labelled_set", "retrieval_set",
@@ -201,33 +202,34 @@ class SyntheticWorld:
 
 
 class SyntheticDataset(IterableDataset):
-    """Streams ``(image tensor, token ids)``; each (rank, worker, epoch) reads its own stream.
+    """Streams ready batches of ``(image tensor, token ids)``; batch ``b`` of rank ``r`` is a pure function of
+    ``(seed, r, b)``, so the order is the same for any number of DataLoader workers (worker ``w`` makes
+    batches ``w, w + W, ...``) and resuming at ``start_batch`` reproduces the exact sequence.
 
-    ``length`` samples per epoch in total (split over ranks and workers); ``None`` streams forever.
-    ``start`` skips the first samples of every stream (resuming mid-epoch reproduces the exact tail).
+    Use with ``DataLoader(dataset, batch_size=None, num_workers=W)``; ``num_batches=None`` streams forever.
     """
 
-    def __init__(self, world: SyntheticWorld, transform, tokenizer, split: str = "train", length: int | None = None,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+    def __init__(self, world: SyntheticWorld, transform, tokenizer, batch_size: int, split: str = "train",
+                 seed: int = 0, rank: int = 0, start_batch: int = 0, num_batches: int | None = None) -> None:
         self.world, self.transform, self.tokenizer = world, transform, tokenizer
-        self.split, self.length, self.seed = split, length, seed
-        self.rank, self.world_size, self.start, self.epoch = rank, world_size, start, 0
+        self.batch_size, self.split, self.seed, self.rank = batch_size, split, seed, rank
+        self.start_batch, self.num_batches = start_batch, num_batches
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def batch(self, b: int) -> Batch:
+        stream = self.seed * 1_000_003 + self.rank
+        scenes = [self.world.sample(self.world.rng(stream, b * self.batch_size + i), self.split)
+                  for i in range(self.batch_size)]
+        images = torch.stack([self.transform(s.image) for s in scenes])  # (B, 3, S, S)
+        texts = self.tokenizer([s.caption for s in scenes], truncate=True)  # (B, L)
+        return Batch(images, texts)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        stream_index = self.rank * n_workers + worker
-        n_streams = self.world_size * n_workers
-        stream = ((self.seed * 1_000_003 + self.epoch) * 4099 + stream_index) & 0x7FFFFFFF
-        count = None if self.length is None else (self.length - stream_index + n_streams - 1) // n_streams
-        i = self.start
-        while count is None or i < count:
-            scene = self.world.sample(self.world.rng(stream, i), self.split)
-            yield self.transform(scene.image), self.tokenizer([scene.caption], truncate=True)[0]
-            i += 1
+        b = self.start_batch + worker
+        while self.num_batches is None or b < self.start_batch + self.num_batches:
+            yield self.batch(b)
+            b += n_workers
 
 
 def labelled_set(world: SyntheticWorld, n_per_class: int, split: str = "all", seed: int = 1) -> list:
