@@ -1,0 +1,174 @@
+"""``cliplab eval``: zero-shot classification, image↔text retrieval and linear probes on a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="anything cliplab.load accepts")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", help="write the report as JSON here")
+    p.add_argument("--csv-img-key", default="filepath")
+    p.add_argument("--csv-separator", default=",")
+
+
+def _labelled(p: argparse.ArgumentParser, flag: str = "--data", help_: str = "labelled images") -> None:
+    p.add_argument(flag, required=True, help=f"{help_}: a folder of class sub-folders, or a CSV")
+    p.add_argument("--csv-label-key", default="label")
+    p.add_argument("--classnames", help="class names: a file, or a built-in set (imagenet)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: zero-shot, retrieval, linear probe")
+    tasks = p.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+
+    z = tasks.add_parser("zeroshot", help="zero-shot classification with prompt ensembles")
+    _common(z)
+    _labelled(z)
+    z.add_argument("--templates", default="openai-imagenet", help="built-in set (openai-imagenet, simple) or file")
+    z.add_argument("--confusion-png", help="also plot the confusion matrix here")
+    z.add_argument("--save-classifier", help="write the zero-shot classifier (safetensors)")
+    z.set_defaults(func=run_zeroshot)
+
+    r = tasks.add_parser("retrieval", help="image↔text Recall@K on a CSV of (image, caption) rows")
+    _common(r)
+    r.add_argument("--data", required=True, help="CSV; rows sharing an image path are captions of one image")
+    r.add_argument("--csv-caption-key", default="title")
+    r.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10])
+    r.set_defaults(func=run_retrieval)
+
+    lp = tasks.add_parser("linear-probe", help="logistic-regression probe on frozen image embeddings")
+    _common(lp)
+    _labelled(lp, "--train", "training images")
+    lp.add_argument("--test", required=True, help="test images (same layout as --train)")
+    lp.add_argument("--shots", type=int, nargs="*", help="also run k-shot probes for these k")
+    lp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    lp.set_defaults(func=run_linear_probe)
+
+
+def _dataset(path: str, args: argparse.Namespace, preprocess: Any) -> Any:
+    from pathlib import Path
+
+    from cliplab.eval.datasets import ClassFolderDataset, LabelCsvDataset
+    from cliplab.eval.prompts import load_classnames
+
+    names = load_classnames(args.classnames) if args.classnames else None
+    if Path(path).is_dir():
+        return ClassFolderDataset(path, preprocess, classnames=names)
+    return LabelCsvDataset(path, preprocess, img_key=args.csv_img_key, label_key=args.csv_label_key,
+                           sep=args.csv_separator, classnames=names)
+
+
+def _report(args: argparse.Namespace, report: dict[str, Any], lines: list[str]) -> int:
+    from cliplab.fileio import write_json
+
+    print("\n".join(lines))
+    if args.output:
+        write_json(args.output, report)
+    return 0
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    import cliplab
+    from cliplab.eval.datasets import make_loader
+    from cliplab.eval.plots import plot_confusion
+    from cliplab.eval.zeroshot import resolve_templates, save_classifier, zero_shot_classifier, zero_shot_evaluate
+
+    model, preprocess, tokenizer = cliplab.load(args.checkpoint, device=args.device)
+    device = next(model.parameters()).device
+    ds = _dataset(args.data, args, preprocess)
+    templates = resolve_templates(args.templates)
+    classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
+    if args.save_classifier:
+        save_classifier(args.save_classifier, classifier, ds.classnames, templates)
+    result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device)
+    if args.confusion_png:
+        plot_confusion(result, ds.classnames, args.confusion_png)
+    report = {"task": "zeroshot", "checkpoint": str(args.checkpoint), "data": str(args.data),
+              "templates": len(templates), **result.to_dict(ds.classnames)}
+    return _report(args, report, [
+        f"{result.n} images, {result.num_classes} classes, {len(templates)} templates",
+        f"top-1 {100 * result.top1:.2f} %  top-5 {100 * result.top5:.2f} %  "
+        f"mean per-class recall {100 * result.mean_per_class_recall:.2f} %",
+    ])
+
+
+def _encode_images(model: Any, paths: list[Any], preprocess: Any, args: argparse.Namespace, device: Any) -> Any:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cliplab.transforms import load_image
+
+    loader = DataLoader(paths, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=lambda batch: torch.stack([preprocess(load_image(p)) for p in batch]))
+    with torch.no_grad():
+        return torch.cat([model.encode_image(x.to(device), normalize=True).float().cpu() for x in loader])
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    import cliplab
+    from cliplab.data.csv import read_rows
+    from cliplab.errors import CliplabError
+    from cliplab.eval.retrieval import retrieval_metrics
+
+    model, preprocess, tokenizer = cliplab.load(args.checkpoint, device=args.device)
+    device = next(model.parameters()).device
+    rows, lines = read_rows(args.data, [args.csv_img_key, args.csv_caption_key], args.csv_separator)
+    if not rows:
+        raise CliplabError(f"{args.data}: no data rows")
+    index: dict[str, int] = {}
+    for (image, caption), line in zip(rows, lines, strict=True):
+        if not image or not caption.strip():
+            raise CliplabError(f"{args.data}:{line}: empty image path or caption")
+        index.setdefault(image, len(index))
+    root = Path(args.data).parent
+    image_emb = _encode_images(model, [root / p for p in index], preprocess, args, device)  # (Ni, D)
+    captions = [c for _, c in rows]
+    with torch.no_grad():
+        text_emb = torch.cat([
+            model.encode_text(tokenizer(captions[i : i + args.batch_size]).to(device), normalize=True).float().cpu()
+            for i in range(0, len(captions), args.batch_size)
+        ])  # (Nt, D)
+    t2i = torch.tensor([index[image] for image, _ in rows])
+    metrics = retrieval_metrics(image_emb, text_emb, t2i, ks=args.ks)
+    report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data), **metrics}
+    out = [f"{len(index)} images, {len(captions)} captions"]
+    for name in ("image_to_text", "text_to_image"):
+        recalls = "  ".join(f"R@{k} {100 * metrics[f'{name}_R@{k}']:.2f}" for k in args.ks)
+        out.append(f"{name}: {recalls}  median rank {metrics[f'{name}_median_rank']:g}")
+    return _report(args, report, out)
+
+
+def run_linear_probe(args: argparse.Namespace) -> int:
+    import cliplab
+    from cliplab.eval.datasets import make_loader
+    from cliplab.eval.linear_probe import extract_features, few_shot_probe, linear_probe
+
+    model, preprocess, _ = cliplab.load(args.checkpoint, device=args.device)
+    device = next(model.parameters()).device
+    train, test = _dataset(args.train, args, preprocess), _dataset(args.test, args, preprocess)
+    xtr, ytr = extract_features(model, make_loader(train, args.batch_size, args.workers), device)
+    xte, yte = extract_features(model, make_loader(test, args.batch_size, args.workers), device)
+    res = linear_probe(xtr, ytr, xte, yte)
+    report: dict[str, Any] = {"task": "linear-probe", "checkpoint": str(args.checkpoint), "accuracy": res.accuracy,
+                              "C": res.c, "val_accuracy": res.val_accuracy, "n_train": res.n_train,
+                              "n_test": res.n_test, "searched": {str(k): v for k, v in res.searched.items()}}
+    out = [f"linear probe: accuracy {100 * res.accuracy:.2f} % (C = {res.c:.3g}, "
+           f"{res.n_train} train / {res.n_test} test)"]
+    if args.shots:
+        few = few_shot_probe(xtr, ytr, xte, yte, shots=args.shots, seeds=args.seeds)
+        report["few_shot"] = few.rows()
+        rows = zip(few.shots, few.mean, few.std, strict=True)
+        out += [f"{k}-shot: {100 * m:.2f} ± {100 * s:.2f} %" for k, m, s in rows]
+    json.dumps(report)  # fail here, not half-way through writing, if something is not serialisable
+    return _report(args, report, out)
