@@ -12,6 +12,9 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	# the OpenAI reference tokenizer (test oracle); --no-deps keeps torchvision out
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
 	$(BIN)/pip install -q --no-deps -e .
+	# headless Chromium for the web-page test (Debian package; Playwright drives it, downloads nothing)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "warning: chromium not installed; the web-page test will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)
