@@ -37,13 +37,16 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n_ctx = self.cfg.context_length
-        if tokens.shape[1] > n_ctx:
-            raise ValueError(f"text has {tokens.shape[1]} tokens but the model's context length is {n_ctx}")
         eot = eot_positions(tokens, self.cfg.eot_token_id)  # (B,)
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             # Causal attention: positions after the last end-of-text never reach a pooled feature, so
             # drop them (padding is most of a 77-token context). Exact, and several times faster.
-            tokens = tokens[:, : int(eot.max()) + 1]
+            used = int(eot.max()) + 1
+            if used > n_ctx:
+                raise ValueError(f"text has {used} tokens but the model's context length is {n_ctx}")
+            tokens = tokens[:, :used]
+        elif tokens.shape[1] > n_ctx:
+            raise ValueError(f"text has {tokens.shape[1]} tokens but the model's context length is {n_ctx}")
         L = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:L]  # (B, L, C)
         x = self.ln_final(self.transformer(x, causal=True))
