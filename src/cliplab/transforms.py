@@ -117,6 +117,8 @@ def _rgb(img: Image.Image) -> Image.Image:
 class Preprocess:
     """Evaluation preprocessing: PIL image (any mode) → float tensor (3, S, S)."""
 
+    random = False  # deterministic: takes no generator
+
     def __init__(self, cfg: PreprocessConfig) -> None:
         self.cfg = cfg
         self.resample = _RESAMPLE[cfg.interpolation]
@@ -135,6 +137,8 @@ class Preprocess:
 
 class TrainTransform:
     """Training augmentation: random resized crop (area ``scale``, aspect ``ratio``) then normalisation."""
+
+    random = True  # __call__ takes a generator, for reproducible (resumable) augmentation
 
     def __init__(self, cfg: PreprocessConfig, scale: tuple[float, float] = (0.9, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:

@@ -219,7 +219,11 @@ class SyntheticDataset(IterableDataset):
         stream = self.seed * 1_000_003 + self.rank
         scenes = [self.world.sample(self.world.rng(stream, b * self.batch_size + i), self.split)
                   for i in range(self.batch_size)]
-        images = torch.stack([self.transform(s.image) for s in scenes])  # (B, 3, S, S)
+        if getattr(self.transform, "random", False):  # augmentation drawn from (seed, rank, batch): resumable
+            gen = torch.Generator().manual_seed(stream * 1_000_003 + b)
+            images = torch.stack([self.transform(s.image, generator=gen) for s in scenes])  # (B, 3, S, S)
+        else:
+            images = torch.stack([self.transform(s.image) for s in scenes])  # (B, 3, S, S)
         texts = self.tokenizer([s.caption for s in scenes], truncate=True)  # (B, L)
         return Batch(images, texts)
 

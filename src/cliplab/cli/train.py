@@ -1,0 +1,65 @@
+"""``cliplab train``: contrastive training from a YAML config, dotted overrides and flags."""
+
+from __future__ import annotations
+
+import argparse
+
+# flag -> dotted config key
+FLAGS = {
+    "model": "model", "init_from": "init_from", "train_data": "data.train_data", "val_data": "data.val_data",
+    "data_format": "data.format", "batch_size": "batch_size", "accum_steps": "accum_steps", "epochs": "epochs",
+    "steps": "steps", "lr": "optim.lr", "warmup": "optim.warmup_steps", "output": "output",
+    "save_every": "save_every", "resume": "resume", "precision": "precision", "loss": "loss",
+    "loss_chunk_size": "loss_chunk_size", "seed": "seed", "workers": "data.workers", "device": "device",
+    "csv_img_key": "data.csv_img_key", "csv_caption_key": "data.csv_caption_key",
+    "csv_separator": "data.csv_separator", "on_bad_sample": "data.on_bad_sample",
+    "time_budget_minutes": "time_budget_minutes", "stop_after": "stop_after",
+}
+SWITCHES = {"grad_checkpointing": "grad_checkpointing", "compile": "compile", "lock_image": "lock_image",
+            "lock_text": "lock_text", "tensorboard": "tensorboard"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune CLIP (also under torchrun)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=1e-3 data.workers=2")
+    p.add_argument("--config", help="YAML or JSON training config")
+    p.add_argument("--model", help="architecture name or JSON file (default ViT-Tiny-32px)")
+    p.add_argument("--init-from", help="fine-tune from any checkpoint cliplab.load accepts")
+    p.add_argument("--train-data", help="CSV/TSV, image folder, or shard pattern 'shards/{00000..00099}.tar'")
+    p.add_argument("--val-data")
+    p.add_argument("--data-format", choices=["synthetic", "csv", "folder", "wds"])
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--accum-steps", type=int, help="micro-batches per step; all negatives kept (GradCache)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--time-budget-minutes", type=float, help="shrink --steps to fit this wall-clock budget")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int, help="warm-up steps")
+    p.add_argument("--output", help="run folder")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--loss", choices=["clip", "siglip"])
+    p.add_argument("--loss-chunk-size", type=int, help="tiled O(N)-memory CLIP loss with this tile size")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--csv-img-key")
+    p.add_argument("--csv-caption-key")
+    p.add_argument("--csv-separator")
+    p.add_argument("--on-bad-sample", choices=["skip", "error"])
+    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    for name in SWITCHES:
+        p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cliplab.train.config import load_train_config
+    from cliplab.train.loop import train
+
+    flags = {key: getattr(args, name) for name, key in {**FLAGS, **SWITCHES}.items()
+             if getattr(args, name, None) is not None}
+    cfg = load_train_config(args.config, args.overrides, flags)
+    train(cfg)
+    return 0

@@ -1,0 +1,102 @@
+"""Training data loaders for every format, resumable at a given step.
+
+Each loader yields :class:`cliplab.data.batch.Batch` objects of ``batch_size`` samples (minus skipped bad
+samples). ``start_step`` skips what an interrupted run already consumed: exactly for the synthetic world
+and for map-style datasets (CSV, folder: a seeded permutation per epoch), approximately for WebDataset
+shards (the shard order is reseeded at the resume point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cliplab.data.batch import collate
+from cliplab.errors import CliplabError
+
+__all__ = ["EpochBatchSampler", "TrainData", "build_train_data"]
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Endless batches of indices: a seeded permutation per epoch, this rank's share, from ``start`` on."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+        self.per_epoch = max(1, (n // world_size) // batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        b = self.start
+        while True:
+            epoch, k = divmod(b, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            mine = perm[self.rank :: self.world_size]
+            yield mine[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+            b += 1
+
+
+@dataclass
+class TrainData:
+    batches: Iterator[Any]
+    steps_per_epoch: int | None  # None for endless streams (synthetic, resampled shards)
+
+
+def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, *, rank: int = 0,
+                     world_size: int = 1, seed: int = 0, start_step: int = 0, image_size: int = 32) -> TrainData:
+    """``cfg`` is a :class:`cliplab.train.config.DataConfig`; one yielded batch per optimisation step."""
+    fmt = cfg.format
+    workers = cfg.workers
+    if fmt == "synthetic":
+        from cliplab.data.synthetic import SyntheticDataset, SyntheticWorld, WorldConfig
+
+        world = SyntheticWorld(WorldConfig(image_size=image_size, seed=cfg.synthetic_seed,
+                                           two_object_prob=0.3, full_caption_prob=0.6))
+        ds = SyntheticDataset(world, transform, tokenizer, batch_size, seed=seed, rank=rank, start_batch=start_step)
+        loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
+                            persistent_workers=False)
+        return TrainData(iter(loader), None)
+    if not cfg.train_data:
+        raise CliplabError(f"data.train_data is required for data.format={fmt!r} (--train-data)")
+    if fmt == "wds":
+        from cliplab.data.shards import ShardDataset
+
+        ds = ShardDataset(cfg.train_data, transform, tokenizer, shuffle_buffer=cfg.shuffle_buffer,
+                          resampled=cfg.resampled, seed=seed + start_step, rank=rank, world_size=world_size)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+        return TrainData(_repeat(loader, ds), None)
+    dataset: Dataset
+    if fmt == "csv":
+        from cliplab.data.csv import CsvDataset
+
+        dataset = CsvDataset(cfg.train_data, transform, tokenizer, cfg.csv_img_key, cfg.csv_caption_key,
+                             cfg.csv_separator)
+    elif fmt == "folder":
+        from cliplab.data.folder import FolderDataset
+
+        dataset = FolderDataset(cfg.train_data, transform, tokenizer)
+    else:
+        raise CliplabError(f"unknown data.format {fmt!r} (synthetic, csv, folder or wds)")
+    if len(dataset) < batch_size * world_size:
+        raise CliplabError(f"{cfg.train_data}: {len(dataset)} samples, fewer than one global batch "
+                           f"({batch_size} x {world_size} processes)")
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+    return TrainData(iter(loader), sampler.per_epoch)
+
+
+def _repeat(loader: DataLoader, ds: Any) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        ds.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise CliplabError("the shards yielded no samples")
+        epoch += 1

@@ -1,0 +1,139 @@
+"""``cliplab demo``: train a small CLIP on the synthetic world from nothing, then measure and draw it.
+
+Writes ``report.md``, ``report.json`` (every figure and its chance level), ``curves.png``,
+``similarity.png``, ``predictions.png`` and the checkpoint (``checkpoint/``, loadable by ``cliplab.load``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cliplab.checkpoint import save_checkpoint
+from cliplab.data.synthetic import EVAL_TEMPLATES, SyntheticWorld, WorldConfig, labelled_set, retrieval_set
+from cliplab.demo.figures import plot_curves, plot_predictions, plot_similarity
+from cliplab.demo.measure import evaluate_world, zero_shot_split
+from cliplab.eval.zeroshot import zero_shot_classifier
+from cliplab.fileio import write_json, write_text
+from cliplab.tokenizer import get_tokenizer
+from cliplab.train.config import DataConfig, OptimConfig, TrainConfig
+from cliplab.train.loop import train
+from cliplab.transforms import Preprocess
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    output: str = "runs/demo"
+    minutes: float = 7.0  # training budget; evaluation and figures add about half a minute
+    model: str = "ViT-Tiny-32px-CBOW"
+    batch_size: int = 256
+    lr: float = 2e-3
+    steps: int = 100_000  # upper bound; the time budget decides
+    workers: int = 1
+    seed: int = 0
+    eval_per_class: int = 20
+    n_retrieval: int = 500
+
+
+def _world(seed: int) -> SyntheticWorld:
+    return SyntheticWorld(WorldConfig(image_size=32, seed=seed, two_object_prob=0.3, full_caption_prob=0.6))
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    world = _world(cfg.seed)
+    tcfg = TrainConfig(
+        model=cfg.model, data=DataConfig(format="synthetic", workers=cfg.workers, synthetic_seed=cfg.seed),
+        optim=OptimConfig(lr=cfg.lr, warmup_steps=min(50, max(1, cfg.steps // 10))), batch_size=cfg.batch_size,
+        steps=cfg.steps, time_budget_minutes=cfg.minutes, seed=cfg.seed, output=str(out / "run"),
+        save_every=10**9, log_every=10, eval_every=100 if cfg.steps >= 1000 else max(1, cfg.steps // 5),
+    )
+    held_small = labelled_set(world, 4, "heldout", seed=99)
+
+    def zeroshot_hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
+        model.eval()
+        with torch.no_grad():
+            cls = zero_shot_classifier(model, tok, world.classnames(), ["a photo of a {}."])
+            acc = zero_shot_split(model, pre, cls, held_small)["top1"]
+        model.train()
+        return {"zeroshot_top1": acc}
+
+    from cliplab.config import PreprocessConfig, TokenizerConfig, load_arch
+
+    arch = load_arch(cfg.model)
+    pre = Preprocess(PreprocessConfig(image_size=arch.vision.image_size))
+    tok = get_tokenizer(TokenizerConfig(context_length=arch.text.context_length))
+    result = train(tcfg, eval_hooks=(zeroshot_hook,), progress=progress)
+    train_seconds = result.seconds
+    model = result.model.eval()
+    if progress:
+        print("evaluating ...", flush=True)
+    report = evaluate_world(model, pre, tok, world, cfg.eval_per_class, cfg.n_retrieval, seed=cfg.seed + 7)
+    history = result.history
+    plot_curves(history, out / "curves.png")
+    plot_similarity(model, pre, tok, retrieval_set(world, 8, seed=cfg.seed + 3), out / "similarity.png")
+    classifier = zero_shot_classifier(model, tok, world.classnames(), list(EVAL_TEMPLATES))
+    plot_predictions(model, pre, classifier, world.classnames(), labelled_set(world, 2, "heldout", seed=5)[:18],
+                     out / "predictions.png")
+    save_checkpoint(model, result.clip_cfg, out / "checkpoint")
+    report.update({
+        "model": cfg.model, "steps": result.steps, "batch_size": cfg.batch_size,
+        "samples_seen": result.steps * cfg.batch_size, "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1), "bad_samples": result.bad_samples,
+        "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+        "targets": {"held_out_top1": 0.85, "seen_top1": 0.95},
+    })
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", _markdown(report))
+    if progress:
+        print(_markdown(report), flush=True)
+    return report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    s, e = r["zeroshot_single"], r["zeroshot_ensemble"]
+    rt, lp = r["retrieval"], r["linear_probe"]
+    lines = [
+        "# cliplab demo report", "",
+        f"A {r['model']} CLIP trained from nothing for {r['steps']} steps × batch {r['batch_size']} "
+        f"({r['samples_seen']:,} synthetic image–caption pairs, {r['train_seconds']:.0f} s of training) "
+        f"on coloured shapes. Held-out colour×shape combinations ({', '.join(r['held_out_pairs'])}) were never "
+        "shown in training, as the main object or the second one.", "",
+        f"## Zero-shot classification over all {r['classes']} colour×shape classes "
+        f"(chance top-1 {_pct(r['chance_top1'])})", "",
+        "| images | templates | top-1 | top-5 | n |", "|---|---|---|---|---|",
+    ]
+    for name, z in (("single", s), ("ensemble", e)):
+        for split in ("held_out", "seen"):
+            m = z[split]
+            lines.append(f"| {split.replace('_', '-')} | {z['templates']} ({name}) | {_pct(m['top1'])} | "
+                         f"{_pct(m['top5'])} | {m['n']} |")
+    lines += [
+        "", f"Targets: held-out top-1 ≥ {_pct(r['targets']['held_out_top1'])}, seen ≥ "
+        f"{_pct(r['targets']['seen_top1'])}, ensembling at least as good as one template.", "",
+        f"## Retrieval on {rt['n']} fresh scenes (chance R@1 {_pct(rt['chance_R@1'])})", "",
+        "| direction | R@1 | R@5 |", "|---|---|---|",
+        f"| image → text | {_pct(rt['image_to_text_R@1'])} | {_pct(rt['image_to_text_R@5'])} |",
+        f"| text → image | {_pct(rt['text_to_image_R@1'])} | {_pct(rt['text_to_image_R@5'])} |", "",
+        f"## Linear probe on frozen image features: {_pct(lp['top1'])} top-1 "
+        f"({lp['n_train']} train / {lp['n_test']} test images, C = {lp['C']})", "",
+        "Figures: `curves.png` (loss, temperature, held-out accuracy), `similarity.png` (the image–text "
+        "similarity matrix of a batch), `predictions.png` (held-out images with their top-3 labels). "
+        "The model is in `checkpoint/` (`cliplab.load`).", "",
+        "```json", json.dumps({k: r[k] for k in ("steps", "train_seconds", "total_seconds", "final_loss")}),
+        "```", "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,263 @@
+"""The training loop: set up, then schedule steps, log, evaluate and checkpoint.
+
+Works on one CPU and under ``torchrun`` (PyTorch DDP, gloo on CPU / NCCL on CUDA); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cliplab.config import CLIPConfig, TokenizerConfig, load_arch
+from cliplab.errors import CliplabError
+from cliplab.fileio import write_json, write_text
+from cliplab.train.config import TrainConfig, to_dict
+from cliplab.train.optim import build_optimizer, lr_at
+from cliplab.train.state import load_trainer_state, resolve_run_dir, rng_state, save_run_checkpoint, set_rng_state
+from cliplab.train.step import train_step, unwrap
+
+__all__ = ["RunResult", "train"]
+
+EvalHook = Callable[[torch.nn.Module, int], dict[str, Any]]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: torch.nn.Module
+    clip_cfg: CLIPConfig
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    bad_samples: int = 0
+    seconds: float = 0.0
+
+
+def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_pref == "auto":
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(device_pref)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CliplabError("--device cuda: CUDA is not available")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, device
+
+
+def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, CLIPConfig, Path | None]:
+    if cfg.init_from:
+        from cliplab.api import load_model
+
+        model, clip_cfg, root = load_model(cfg.init_from, device="cpu")
+        return model, clip_cfg, root
+    from cliplab.model.build import create_model
+
+    arch = load_arch(cfg.model)
+    name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
+    return create_model(arch), CLIPConfig.for_model(arch, name=name), None
+
+
+def _loss_fn(cfg: TrainConfig) -> Callable:
+    from cliplab.loss.distributed import distributed_clip_loss
+
+    def fn(img, txt, scale, bias):
+        return distributed_clip_loss(img, txt, scale, bias, local_loss=cfg.local_loss,
+                                     chunk_size=cfg.loss_chunk_size, loss=cfg.loss)
+
+    return fn
+
+
+def _equal_batch(images: torch.Tensor, texts: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under DDP every rank must contribute the same number of pairs to the gathered loss."""
+    if world == 1:
+        return images, texts
+    n = torch.tensor([images.shape[0]], device=images.device)
+    dist.all_reduce(n, op=dist.ReduceOp.MIN)
+    return images[: int(n)], texts[: int(n)]
+
+
+class _Log:
+    """metrics.jsonl (rank 0), cut back to the resume step so a resumed run's log has no duplicates."""
+
+    def __init__(self, path: Path, active: bool, resume_step: int) -> None:
+        self.path, self.active = path, active
+        self.history: list[dict[str, Any]] = []
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r.get("step", 0) <= resume_step]
+            if active:
+                write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        if self.active:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True,
+          tokenizer_file: str | None = None) -> RunResult:
+    """Run (or resume) a training run described by ``cfg``; returns the trained model and its history."""
+    from tqdm import tqdm
+
+    from cliplab.data.loader import build_train_data
+    from cliplab.tokenizer import get_tokenizer
+    from cliplab.transforms import image_transform
+
+    rank, world, device = _setup_distributed(cfg.device)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise CliplabError("precision fp16 needs CUDA (on CPU it is ~400x slower); use bf16 or fp32")
+    run_dir = Path(cfg.output)
+    main = rank == 0
+    torch.manual_seed(cfg.seed)
+    model, clip_cfg, root = _build_model(cfg)
+    if tokenizer_file is not None:
+        tok_name = Path(tokenizer_file).name
+        clip_cfg = CLIPConfig(clip_cfg.model, clip_cfg.preprocess,
+                              TokenizerConfig("bpe", clip_cfg.tokenizer.context_length, tok_name), clip_cfg.name)
+        root = Path(tokenizer_file).parent
+    if cfg.lock_image:
+        unwrap(model).lock("image")
+    if cfg.lock_text:
+        unwrap(model).lock("text")
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+    start, total = 0, cfg.steps
+    resume_from = None
+    if cfg.resume:
+        resume_from = resolve_run_dir(run_dir) if cfg.resume == "latest" else Path(cfg.resume)
+        if resume_from is None and cfg.resume != "latest":
+            raise CliplabError(f"--resume {cfg.resume}: no such checkpoint")
+    if resume_from is not None:
+        from cliplab.checkpoint import load_checkpoint
+
+        _, sd = load_checkpoint(resume_from)
+        unwrap(model).load_state_dict(sd)
+        state = load_trainer_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, total = int(state["step"]), int(state["total_steps"])
+        set_rng_state(state["rng"])
+    tokenizer = get_tokenizer(clip_cfg.tokenizer, root=root)
+    transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
+    data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
+                            world_size=world, seed=cfg.seed, start_step=start,
+                            image_size=clip_cfg.model.vision.image_size)
+    if total is None:
+        if cfg.epochs is None or data.steps_per_epoch is None:
+            raise CliplabError("give --steps (or --epochs for a CSV/folder dataset of known size)")
+        total = cfg.epochs * data.steps_per_epoch
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {"train": to_dict(cfg), "world_size": world})
+    log = _Log(run_dir / "metrics.jsonl", main, start)
+    loss_fn = _loss_fn(cfg)
+    global_batch = cfg.batch_size * cfg.accum_steps * world
+    if main and progress:
+        print(f"training {clip_cfg.name or 'model'} for {total} steps, global batch {global_batch} "
+              f"({world} process{'es' if world > 1 else ''} x {cfg.batch_size} x {cfg.accum_steps} accum), "
+              f"{cfg.precision} on {device}", flush=True)
+    bad_total = 0
+    bad_log = run_dir / "bad_samples.jsonl"
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
+    step = start
+    last_save = None
+    samples_seen = 0
+    while step < total:
+        batch = next(data.batches)
+        if batch.bad:
+            bad_total += len(batch.bad)
+            if cfg.data.on_bad_sample == "error":
+                b = batch.bad[0]
+                raise CliplabError(f"bad sample {b.source}: {b.reason} (--on-bad-sample skip to skip such samples)")
+            if main:
+                with open(bad_log, "a", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps({"step": step, "source": b.source, "reason": b.reason}) + "\n"
+                                  for b in batch.bad)
+        if len(batch) < 2:
+            continue  # a batch with almost nothing usable: nothing to contrast
+        lr = lr_at(step, cfg.optim, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, texts = _equal_batch(batch.images.to(device, non_blocking=True),
+                                     batch.texts.to(device, non_blocking=True), world)
+        try:
+            stats = train_step(model, images, texts, optimizer, loss_fn, accum_steps=cfg.accum_steps, device=device,
+                               precision=cfg.precision, scaler=scaler, grad_clip_norm=cfg.optim.grad_clip_norm)
+        except FloatingPointError as err:
+            keep = f"; the last good checkpoint is {last_save}" if last_save else ""
+            raise CliplabError(f"step {step}: {err} (diverged){keep}") from None
+        step += 1
+        samples_seen += images.shape[0] * world
+        elapsed = time.perf_counter() - t0
+        if cfg.time_budget_minutes and step == start + min(20, max(1, total // 10)):
+            fit = start + int((cfg.time_budget_minutes * 60) / (elapsed / (step - start)))
+            if fit < total:
+                total = max(step + 1, fit)
+                bar.total = total
+        scale = float(unwrap(model).scale())
+        if step % cfg.log_every == 0 or step == total:
+            log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
+                       "grad_norm": round(stats["grad_norm"], 4), "samples_per_s": round(samples_seen / elapsed, 1),
+                       "time": round(elapsed, 2)})
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", T=f"{1 / scale:.4f}",
+                        sps=f"{samples_seen / elapsed:.0f}")
+        bar.update(1)
+        if cfg.eval_every and step % cfg.eval_every == 0 and eval_hooks and main:
+            row = {"step": step}
+            for hook in eval_hooks:
+                row.update(hook(unwrap(model), step))
+            log.write(row)
+        if cfg.stop_after is not None and step >= cfg.stop_after:
+            bar.close()
+            return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
+        if main and (step % cfg.save_every == 0 or step == total):
+            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                     "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch}
+            tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
+            last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if main:
+        _finish(run_dir, log.history, bad_total, step, elapsed, progress)
+    return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
+
+
+def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, seconds: float,
+            progress: bool) -> None:
+    from cliplab.demo.figures import plot_curves
+
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+    summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad,
+               "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), math.nan)}
+    write_json(run_dir / "summary.json", summary)
+    if progress:
+        note = f"; skipped {bad} bad sample(s), listed in {run_dir / 'bad_samples.jsonl'}" if bad else ""
+        print(f"done: {steps} steps in {seconds:.0f} s, final loss {summary['final_loss']}{note}", flush=True)

@@ -1,0 +1,96 @@
+"""Run-directory checkpoints that survive ``kill -9`` at any moment.
+
+``RUN/checkpoints/step-00000123/`` holds the model in the native format (loadable by ``cliplab.load``)
+plus ``trainer.pt`` (optimizer, grad scaler, RNG states, step, data position) saved with plain tensors and
+containers so it loads with ``torch.load(weights_only=True)``. A checkpoint is written into a temporary
+folder, fsynced, then renamed; only then is ``RUN/checkpoints/latest`` (a one-line file naming it)
+replaced atomically. The last ``keep_last`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cliplab.checkpoint import save_checkpoint
+from cliplab.config import CLIPConfig
+from cliplab.errors import CliplabError
+from cliplab.fileio import atomic_path, write_text
+
+__all__ = ["load_trainer_state", "resolve_run_dir", "rng_state", "save_run_checkpoint", "set_rng_state"]
+
+TRAINER = "trainer.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_cfg: CLIPConfig,
+                        trainer_state: dict[str, Any], keep_last: int = 3,
+                        tokenizer_file: Path | None = None) -> Path:
+    ckpts = run_dir / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    final = ckpts / f"step-{step:08d}"
+    tmp = ckpts / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, clip_cfg, tmp, tokenizer_file=tokenizer_file)
+    with atomic_path(tmp / TRAINER) as t:
+        torch.save(trainer_state, t)
+    _fsync_tree(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_text(ckpts / "latest", final.name + "\n")
+    for old in sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_run_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint a run folder's ``latest`` names (``RUN`` or ``RUN/checkpoints``), else ``None``."""
+    path = Path(path)
+    for ckpts in (path / "checkpoints", path):
+        latest = ckpts / "latest"
+        if latest.is_file():
+            target = ckpts / latest.read_text().strip()
+            if not target.is_dir():
+                raise CliplabError(f"{latest}: names {target.name}, which does not exist")
+            return target
+    return None
+
+
+def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    try:
+        return torch.load(ckpt_dir / TRAINER, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CliplabError(f"{ckpt_dir}: no {TRAINER} (a model-only checkpoint cannot resume training)") from None
