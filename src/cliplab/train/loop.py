@@ -213,6 +213,10 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         except FloatingPointError as err:
             keep = f"; the last good checkpoint is {last_save}" if last_save else ""
             raise CliplabError(f"step {step}: {err} (diverged){keep}") from None
+        if world > 1:  # log the loss of the global batch, not rank 0's share
+            t = torch.tensor([stats["loss"]], device=device)
+            dist.all_reduce(t)
+            stats["loss"] = float(t) / world
         step += 1
         samples_seen += images.shape[0] * world
         elapsed = time.perf_counter() - t0
@@ -221,7 +225,9 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
             if fit < total:
                 total = max(step + 1, fit)
                 bar.total = total
-        scale = float(unwrap(model).scale())
+        if cfg.time_budget_minutes and elapsed > 1.15 * 60 * cfg.time_budget_minutes and step < total:
+            total = step + 1  # the machine got slower than measured: finish now, keep the budget
+        scale = float(unwrap(model).scale().detach())
         if step % cfg.log_every == 0 or step == total:
             log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
                        "grad_norm": round(stats["grad_norm"], 4), "samples_per_s": round(samples_seen / elapsed, 1),

@@ -1,0 +1,112 @@
+"""The real `cliplab train` on generated data: learning, determinism, resume after a kill, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import cliplab
+from cliplab.cli.main import main
+from cliplab.train.state import resolve_run_dir
+
+pytestmark = pytest.mark.integration
+COMMON = ["--model", "ViT-Tiny-32px", "--batch-size", "16", "--workers", "0", "--seed", "1", "--warmup", "2",
+          "log_every=1"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_learns_and_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        assert main(["train", *COMMON, "--steps", "12", "--lr", "2e-3", "--output", str(tmp_path / name)]) == 0
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert a == b and len(a) == 12
+    assert sum(a[-3:]) / 3 < sum(a[:3]) / 3  # the loss goes down
+    model, _, _ = cliplab.load(tmp_path / "a")  # a run folder loads its latest checkpoint
+    assert model.cfg.vision.image_size == 32
+    assert (tmp_path / "a" / "curves.png").exists() and (tmp_path / "a" / "summary.json").exists()
+
+
+def test_resume_gives_identical_losses(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = [*COMMON, "--steps", "8", "--save-every", "3"]
+    assert main(["train", *args, "--output", str(full)]) == 0
+    assert main(["train", *args, "--output", str(part), "--stop-after", "5"]) == 0  # as if killed at step 5
+    assert resolve_run_dir(part).name == "step-00000003"
+    assert main(["train", *args, "--output", str(part), "--resume", "latest"]) == 0
+    assert _losses(part) == _losses(full)
+
+
+def test_kill_9_leaves_a_loadable_latest(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cliplab", "train", *COMMON, "--steps", "400", "--save-every", "2",
+           "--output", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((run / "checkpoints").glob("step-*"))) < 3:
+        time.sleep(0.2)
+    time.sleep(0.37)  # land somewhere in the middle of the next save
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    latest = resolve_run_dir(run)
+    assert latest is not None
+    model, _, _ = cliplab.load(run)
+    assert model is not None
+    assert main(["train", *COMMON, "--steps", "400", "--save-every", "2", "--output", str(run), "--resume",
+                 "latest", "--stop-after", str(int(latest.name.split("-")[1]) + 2)]) == 0
+
+
+def test_bad_samples_are_skipped_and_reported(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["filepath,title"]
+    for i in range(20):
+        Image.new("RGB", (40, 40), (i * 12, 50, 200 - i * 9)).save(data / f"{i}.png")
+        rows.append(f"{i}.png,colour number {i}")
+    (data / "bad.png").write_bytes(b"garbage")
+    rows += ["bad.png,a broken file", "missing.png,no such file"]
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    args = ["train", *COMMON, "--data-format", "csv", "--train-data", str(data / "train.csv"), "--steps", "3",
+            "--batch-size", "11", "--output", str(tmp_path / "run")]
+    assert main(args) == 0
+    bad = [json.loads(line) for line in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    assert {Path(b["source"].rsplit(":", 1)[0]).name for b in bad} == {"train.csv"}
+    assert any("not found" in b["reason"] for b in bad) and any("unreadable" in b["reason"] for b in bad)
+    assert main([*args, "--on-bad-sample", "error", "--output", str(tmp_path / "run2")]) == 2
+    assert "bad sample" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--data-format", "csv", "--steps", "1", "--output", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["train", "optim.lrr=3", "--output", str(tmp_path / "x")]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_diverging_loss_names_the_step(tmp_path, capsys):
+    assert main(["train", *COMMON, "--steps", "5", "--lr", "1e9", "optim.grad_clip_norm=null", "--output",
+                 str(tmp_path / "r"), "--save-every", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "step" in err and "diverged" in err
+
+
+def test_interpolate(tmp_path):
+    for name, seed in (("a", "1"), ("b", "2")):
+        main(["train", *COMMON, "--steps", "1", "--seed", seed, "--output", str(tmp_path / name)])
+    assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", "0.25", "--output",
+                 str(tmp_path / "mix")]) == 0
+    a, _, _ = cliplab.load(tmp_path / "a")
+    b, _, _ = cliplab.load(tmp_path / "b")
+    m, _, _ = cliplab.load(tmp_path / "mix")
+    w = "visual.proj.weight"
+    expected = 0.75 * a.state_dict()[w] + 0.25 * b.state_dict()[w]
+    assert (m.state_dict()[w] - expected).abs().max() < 1e-6

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from cliplab.api import create_model
+from cliplab.errors import CliplabError
+from cliplab.train.config import OptimConfig, load_train_config
+from cliplab.train.optim import build_optimizer, lr_at
+
+
+def test_overrides_are_typed_and_layered(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("batch_size: 64\noptim:\n  lr: 0.01\ndata:\n  format: csv\n  train_data: x.csv\n")
+    cfg = load_train_config(str(path), ["optim.lr=1e-3", "data.workers=3", "optim.betas=[0.9, 0.95]"],
+                            {"batch_size": 32})
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.workers == 3 and cfg.batch_size == 32 and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.data.format == "csv"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.lrr=1", "unknown training config key 'optim.lrr'"),
+    ("batch_size=abc", "batch_size: 'abc' is not a int"),
+    ("precision=fp8", "precision"),
+    ("nonsense", "key=value"),
+])
+def test_bad_overrides(override, match):
+    with pytest.raises(CliplabError, match=match):
+        load_train_config(None, [override])
+
+
+def test_weight_decay_groups():
+    model = create_model("ViT-Tiny-32px")
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.2))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    names = {n: id(p) in decayed for n, p in model.named_parameters()}
+    assert names["visual.transformer.blocks.0.attn.qkv.weight"] and names["text.proj.weight"]
+    for n in ("logit_scale", "visual.class_embedding", "visual.positional_embedding", "text.token_embedding.weight",
+              "visual.ln_pre.weight", "visual.transformer.blocks.0.attn.qkv.bias"):
+        assert not names[n], n
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+
+
+def test_schedule():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.0)
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.5)
+    assert lr_at(110, cfg, 110) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(35, cfg, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(50, OptimConfig(lr=2.0, warmup_steps=0, schedule="constant"), 100) == 2.0
+    assert isinstance(torch.tensor(lr_at(5, cfg, 110)).item(), float)
