@@ -1,0 +1,84 @@
+"""``cliplab embed``: embed a collection of images (and optionally captions) into an embedding store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed images (folder, CSV or shards) into a resumable embedding store")
+    p.add_argument("--checkpoint", required=True, help="anything cliplab.load accepts")
+    p.add_argument("--images", required=True, help="image folder or CSV")
+    p.add_argument("--output", required=True, help="embedding store folder (created, or resumed)")
+    p.add_argument("--texts", help="also embed texts: a .txt file (one per line) or a CSV (--csv-caption-key)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored vector type")
+    p.add_argument("--part-size", type=int, default=4096, help="vectors per atomically written part")
+    p.add_argument("--csv-img-key", default="filepath")
+    p.add_argument("--csv-caption-key", default=None)
+    p.add_argument("--csv-separator", default=",")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run)
+
+
+def _texts(path: str, key: str | None, sep: str) -> list[str]:
+    from pathlib import Path
+
+    from cliplab.data.csv import read_rows
+    from cliplab.errors import CliplabError
+
+    src = Path(path)
+    if src.suffix.lower() in (".csv", ".tsv"):
+        if not key:
+            raise CliplabError(f"{src}: give --csv-caption-key to embed captions from a CSV")
+        rows, _ = read_rows(src, [key], sep)
+        return [r[0] for r in rows if r[0].strip()]
+    try:
+        return [line.strip() for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliplabError(f"{src}: cannot read texts ({err})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cliplab.api import load_model, resolve_device
+    from cliplab.infer.embed import embed_collection, embed_texts, list_items
+    from cliplab.infer.store import EmbeddingStore
+    from cliplab.tokenizer import get_tokenizer
+    from cliplab.transforms import Preprocess
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(args.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    model, cfg, root = load_model(args.checkpoint, device=device)
+    store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype,
+                                          model_id=str(args.checkpoint))
+    items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+    report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
+                              workers=args.workers, precision=args.precision, part_size=args.part_size,
+                              rank=rank, world_size=world, progress=rank == 0)
+    for bad in report.skipped[:20]:
+        print(f"skipped {bad.source}: {bad.reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"... and {len(report.skipped) - 20} more", file=sys.stderr)
+    print(f"embedded {report.embedded} image(s) ({report.images_per_second:.1f} img/s), "
+          f"{report.already_done} already in the store, skipped {len(report.skipped)} unreadable")
+    if args.texts and rank == 0:
+        import numpy as np
+
+        texts = _texts(args.texts, args.csv_caption_key, args.csv_separator)
+        tstore = EmbeddingStore.open_or_create(os.path.join(args.output, "texts"), dim=cfg.model.embed_dim,
+                                               dtype=args.dtype, model_id=str(args.checkpoint))
+        done = tstore.done_keys("caption")
+        todo = [t for t in texts if t not in done]
+        if todo:
+            vecs = embed_texts(todo, model, get_tokenizer(cfg.tokenizer, root=root), precision=args.precision)
+            tstore.append_part(np.asarray(vecs), [{"path": None, "caption": t} for t in todo])
+        print(f"embedded {len(todo)} text(s) into {tstore.path}")
+    return 0

@@ -1,0 +1,27 @@
+"""``cliplab serve``: the HTTP service and web page over an embedding store."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP service + web page: search, classify, embed")
+    p.add_argument("store", nargs="?", help="embedding store folder (from `cliplab embed`)")
+    p.add_argument("--checkpoint", help="model to encode queries (default: the one the store was built with)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cliplab.infer.server import create_app
+
+    app = create_app(args.store, args.checkpoint, device=args.device)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}, reachable from other machines")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

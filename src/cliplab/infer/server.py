@@ -1,0 +1,228 @@
+"""HTTP service over an embedding store: search by text or image, zero-shot classify, embed, thumbnails.
+
+Built with FastAPI; :func:`create_app` returns the app (no global state), ``cliplab serve`` runs it with
+uvicorn. Every user mistake is a 4xx with a JSON body ``{"error": "..."}``; only indexed files are ever
+served (by id, never by path).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cliplab.errors import CliplabError
+
+__all__ = ["ServeLimits", "create_app"]
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_k: int = 100
+    max_query_chars: int = 500
+    max_labels: int = 100
+    max_texts: int = 256
+    max_upload_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    thumbnail_size: int = 256
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Service:
+    """The loaded model, store and index behind the endpoints."""
+
+    def __init__(self, store_path: str | None, checkpoint: str | None, limits: ServeLimits, device: str) -> None:
+        from cliplab.api import load
+
+        self.limits = limits
+        self.store = self.index = None
+        if store_path is not None:
+            from cliplab.infer.index import load_or_build_index
+            from cliplab.infer.store import EmbeddingStore
+
+            self.store = EmbeddingStore(store_path)
+            self.index = load_or_build_index(self.store)
+            checkpoint = checkpoint or self.store.model_id
+        if checkpoint is None:
+            raise CliplabError("serve: give a STORE (whose manifest names its checkpoint) or --checkpoint")
+        self.model, self.preprocess, self.tokenizer = load(checkpoint, device=device)
+        self.checkpoint = str(checkpoint)
+        self.metadata = self.store.metadata().to_pylist() if self.store is not None else []
+
+    # -- helpers ------------------------------------------------------------------------------
+    def image(self, data: bytes, name: str) -> Any:
+        from cliplab.transforms import ImageError, load_image
+
+        if len(data) > self.limits.max_upload_bytes:
+            raise ApiError(413, f"{name}: upload larger than {self.limits.max_upload_bytes} bytes")
+        if not data:
+            raise ApiError(400, f"{name}: empty upload")
+        try:
+            return load_image(data, max_pixels=self.limits.max_image_pixels)
+        except ImageError as err:
+            raise ApiError(400, f"{name}: {err}") from None
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        tokens = self.tokenizer(texts, truncate=True).to(next(self.model.parameters()).device)
+        return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        pixels = torch.stack([self.preprocess(im) for im in images]).to(next(self.model.parameters()).device)
+        return self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+
+    def search(self, query: np.ndarray, k: int) -> list[dict[str, Any]]:
+        if self.index is None:
+            raise ApiError(404, "this server has no store to search (start it with a STORE)")
+        scores, ids = self.index.search(query.astype(np.float32), k)
+        results = []
+        for score, i in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
+            if i < 0:
+                continue
+            meta = self.metadata[i]
+            results.append({"id": int(i), "score": round(float(score), 6), "path": meta.get("path"),
+                            "caption": meta.get("caption"), "url": f"/images/{int(i)}"})
+        return results
+
+    def check_k(self, k: int) -> int:
+        if not 1 <= k <= self.limits.max_k:
+            raise ApiError(422, f"k must be between 1 and {self.limits.max_k}")
+        return k
+
+
+def _labels(raw: str, limit: int) -> list[str]:
+    """Labels as a JSON list, or separated by newlines or commas."""
+    raw = raw.strip()
+    try:
+        labels = json.loads(raw) if raw.startswith("[") else None
+    except json.JSONDecodeError:
+        labels = None
+    if not isinstance(labels, list):
+        labels = raw.splitlines() if "\n" in raw else raw.split(",")
+    labels = [str(x).strip() for x in labels if str(x).strip()]
+    if not labels:
+        raise ApiError(422, "give at least one label")
+    if len(labels) > limit:
+        raise ApiError(422, f"at most {limit} labels")
+    return labels
+
+
+def create_app(store: str | None = None, checkpoint: str | None = None, limits: ServeLimits | None = None,
+               device: str = "cpu") -> FastAPI:
+    limits = limits or ServeLimits()
+    svc = _Service(store, checkpoint, limits, device)
+    app = FastAPI(title="cliplab", description="Search, classify and embed with CLIP.", version="1")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def _size_limit(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.max_upload_bytes + 64 * 1024):
+            return JSONResponse({"error": f"request larger than {limits.max_upload_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    def index_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "items": len(svc.metadata), "checkpoint": svc.checkpoint}
+
+    @app.get("/search")
+    def search_text(q: Annotated[str, Query(min_length=1)], k: int = 10) -> dict[str, Any]:
+        if len(q) > limits.max_query_chars:
+            raise ApiError(422, f"q: at most {limits.max_query_chars} characters")
+        return {"query": q, "results": svc.search(svc.encode_text([q]), svc.check_k(k))}
+
+    @app.post("/search")
+    async def search_image(image: Annotated[UploadFile, File()], k: Annotated[int, Form()] = 10) -> dict[str, Any]:
+        svc.check_k(k)
+        pil = svc.image(await image.read(limits.max_upload_bytes + 1), image.filename or "image")
+        return {"query": image.filename, "results": svc.search(svc.encode_images([pil]), k)}
+
+    @app.post("/classify")
+    async def classify(
+        image: Annotated[UploadFile, File()],
+        labels: Annotated[str, Form()],
+        template: Annotated[str, Form()] = "a photo of a {}.",
+    ) -> dict[str, Any]:
+        from cliplab.api import classify as zero_shot
+
+        names = _labels(labels, limits.max_labels)
+        if "{}" not in template or len(template) > limits.max_query_chars:
+            raise ApiError(422, "template must contain {} and be short")
+        pil = svc.image(await image.read(limits.max_upload_bytes + 1), image.filename or "image")
+        preds = zero_shot([pil], names, svc.model, svc.preprocess, svc.tokenizer, templates=template)[0]
+        return {"predictions": preds}
+
+    @app.post("/embed")
+    async def embed(request: Request) -> dict[str, Any]:
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/json"):
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ApiError(400, "body is not valid JSON") from None
+            texts = body.get("texts") if isinstance(body, dict) else None
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                raise ApiError(422, 'texts: expected {"texts": ["...", ...]}')
+            if len(texts) > limits.max_texts or any(len(t) > limits.max_query_chars for t in texts):
+                raise ApiError(422, f"texts: at most {limits.max_texts} texts of {limits.max_query_chars} chars")
+            return {"kind": "text", "embeddings": svc.encode_text(texts).tolist()}
+        if kind.startswith("multipart/form-data"):
+            form = await request.form()
+            files = [f for f in form.getlist("images") if hasattr(f, "read")]
+            if not files or len(files) > limits.max_texts:
+                raise ApiError(422, f"images: upload 1 to {limits.max_texts} files as field 'images'")
+            images = [svc.image(await f.read(limits.max_upload_bytes + 1), f.filename or "image") for f in files]
+            return {"kind": "image", "embeddings": svc.encode_images(images).tolist()}
+        raise ApiError(415, "send JSON {\"texts\": [...]} or multipart images")
+
+    @app.get("/images/{item_id}")
+    def thumbnail(item_id: int) -> Response:
+        from cliplab.transforms import ImageError, load_image
+
+        if not 0 <= item_id < len(svc.metadata):
+            raise ApiError(404, f"no indexed item {item_id}")
+        path = svc.metadata[item_id]["path"]
+        try:
+            img = load_image(path, max_pixels=limits.max_image_pixels)
+        except (ImageError, OSError):
+            raise ApiError(404, f"item {item_id}: image no longer readable") from None
+        img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    return app

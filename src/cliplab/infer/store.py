@@ -1,0 +1,150 @@
+"""An embedding store: a folder of vector parts (``.npy``) and their metadata (Parquet), with a manifest.
+
+``manifest.json`` lists the complete parts in order; a part's files are written atomically *before* the
+manifest names it, so a kill at any moment leaves a consistent store (a part file the manifest does not
+name is ignored, and overwritten by a resumed run). Under ``torchrun`` each rank writes its own parts
+(``part-r{rank}-{n}``) and its own manifest (``manifest-r{rank}.json``); opening the store merges them.
+Ids are positions in that merged order. NumPy and pyarrow read the files directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cliplab.errors import CliplabError
+from cliplab.fileio import atomic_path, write_json
+
+__all__ = ["EmbeddingStore"]
+
+COLUMNS = ("path", "width", "height", "caption")
+
+
+def _manifest_name(rank: int) -> str:
+    return "manifest.json" if rank == 0 else f"manifest-r{rank}.json"
+
+
+class EmbeddingStore:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        manifests = sorted(self.path.glob("manifest*.json"))
+        if not manifests:
+            raise CliplabError(f"{self.path}: not an embedding store (no manifest.json)")
+        self._manifests: dict[int, dict[str, Any]] = {}
+        for m in manifests:
+            try:
+                data = json.loads(m.read_text())
+                rank = int(data.get("rank", 0))
+            except (OSError, ValueError) as err:
+                raise CliplabError(f"{m}: unreadable store manifest ({err})") from None
+            self._manifests[rank] = data
+        head = self._manifests.get(0) or next(iter(self._manifests.values()))
+        self.dim: int = int(head["dim"])
+        self.dtype: str = head["dtype"]
+        self.model_id: str | None = head.get("model_id")
+        self._cache: tuple[np.ndarray, Any] | None = None
+
+    # -- creation ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16", model_id: str | None = None,
+               rank: int = 0) -> EmbeddingStore:
+        if dtype not in ("float16", "float32"):
+            raise CliplabError(f"store dtype must be float16 or float32, got {dtype!r}")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / _manifest_name(rank),
+                   {"format": "cliplab-store/1", "dim": dim, "dtype": dtype, "model_id": model_id, "rank": rank,
+                    "normalized": True, "parts": []})
+        return cls(path)
+
+    @classmethod
+    def open_or_create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16",
+                       model_id: str | None = None, rank: int = 0) -> EmbeddingStore:
+        path = Path(path)
+        if (path / _manifest_name(rank)).exists():
+            store = cls(path)
+            if store.dim != dim:
+                raise CliplabError(f"{path}: store holds {store.dim}-d vectors but the model makes {dim}-d ones")
+            if model_id and store.model_id and store.model_id != model_id:
+                raise CliplabError(f"{path}: store was built with {store.model_id}, not {model_id}")
+            return store
+        if rank != 0 and not (path / "manifest.json").exists():
+            cls.create(path, dim, dtype, model_id, rank=0)
+        return cls.create(path, dim, dtype, model_id, rank=rank)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def append_part(self, vectors: np.ndarray, metadata: list[dict[str, Any]], rank: int = 0) -> str:
+        """Write one part (vectors (n, D) + n metadata rows) atomically, then record it in the manifest."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(metadata):
+            raise CliplabError(f"{self.path}: part of shape {vectors.shape} with {len(metadata)} rows does not fit "
+                               f"a {self.dim}-d store")
+        manifest = self._manifests.setdefault(rank, {**self._manifests[min(self._manifests)], "rank": rank,
+                                                     "parts": []})
+        name = f"part-r{rank}-{len(manifest['parts']):05d}" if rank else f"part-{len(manifest['parts']):05d}"
+        with atomic_path(self.path / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, vectors.astype(self.dtype))  # a file object: np.save would append ".npy" to a path
+        table = pa.table({c: [row.get(c) for row in metadata] for c in COLUMNS})
+        with atomic_path(self.path / f"{name}.parquet", suffix=".parquet") as tmp:
+            pq.write_table(table, tmp)
+        manifest["parts"].append({"name": name, "count": len(vectors)})
+        write_json(self.path / _manifest_name(rank), manifest)
+        self._cache = None
+        return name
+
+    # -- reading ----------------------------------------------------------------------------------
+    def parts(self) -> list[dict[str, Any]]:
+        return [p for rank in sorted(self._manifests) for p in self._manifests[rank]["parts"]]
+
+    def __len__(self) -> int:
+        return sum(p["count"] for p in self.parts())
+
+    def fingerprint(self) -> str:
+        """Changes whenever a part is added: an index built on an older store is detectably stale."""
+        return hashlib.sha256(json.dumps(self.parts()).encode()).hexdigest()[:16]
+
+    def _load(self) -> tuple[np.ndarray, Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._cache is None:
+            vecs, tables = [], []
+            for part in self.parts():
+                try:
+                    v = np.load(self.path / f"{part['name']}.npy", mmap_mode="r")
+                    t = pq.read_table(self.path / f"{part['name']}.parquet")
+                except (OSError, ValueError, EOFError) as err:
+                    raise CliplabError(f"{self.path / part['name']}: unreadable store part ({err})") from None
+                if len(v) != part["count"] or t.num_rows != part["count"]:
+                    raise CliplabError(f"{self.path / part['name']}: has {len(v)} vectors, manifest says "
+                                       f"{part['count']}")
+                vecs.append(v)
+                tables.append(t)
+            vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.dim), self.dtype)
+            table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in COLUMNS})
+            self._cache = (vectors, table)
+        return self._cache
+
+    def vectors(self, dtype: Any = np.float32) -> np.ndarray:
+        return self._load()[0].astype(dtype, copy=False)
+
+    def metadata(self) -> Any:
+        """A pyarrow Table with columns path, width, height, caption; row i is id i."""
+        return self._load()[1]
+
+    def get(self, item_id: int) -> dict[str, Any]:
+        table = self.metadata()
+        if not 0 <= item_id < table.num_rows:
+            raise CliplabError(f"{self.path}: no item {item_id}")
+        return {c: table.column(c)[item_id].as_py() for c in COLUMNS}
+
+    def done_keys(self, column: str = "path") -> set[Any]:
+        return set(self.metadata().column(column).to_pylist())

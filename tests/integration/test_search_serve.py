@@ -1,0 +1,113 @@
+"""Embed a generated collection, index it, search it from the CLI and over HTTP."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from cliplab.checkpoint import save_checkpoint
+from cliplab.cli.main import main
+from cliplab.config import CLIPConfig, load_arch
+from cliplab.data.synthetic import SyntheticWorld, write_folder
+from cliplab.model.build import create_model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("collection")
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
+    save_checkpoint(create_model(cfg.model), cfg, root / "ckpt")
+    imgs = write_folder(SyntheticWorld(), 40, root / "imgs")
+    (imgs / "broken.png").write_bytes(b"not a png")
+    assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(imgs), "--output",
+                 str(root / "store"), "--batch-size", "8", "--part-size", "16"]) == 0
+    return root
+
+
+def test_embed_is_resumable_and_skips_bad_images(collection, capsys):
+    from cliplab.infer.store import EmbeddingStore
+
+    store = EmbeddingStore(collection / "store")
+    assert len(store) == 40 and len(store.parts()) == 3  # 16 + 16 + 8
+    assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(collection / "imgs"),
+                 "--output", str(collection / "store")]) == 0
+    out = capsys.readouterr()
+    assert "embedded 0 image(s)" in out.out and "40 already in the store" in out.out and "skipped 1" in out.out
+    assert "broken.png" in out.err
+    assert len(EmbeddingStore(collection / "store")) == 40
+
+
+def test_search_cli(collection, capsys):
+    assert main(["index", str(collection / "store"), "--kind", "flat"]) == 0
+    assert main(["search", str(collection / "store"), "a red circle", "-k", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res["results"]) == 5
+    scores = [r["score"] for r in res["results"]]
+    assert scores == sorted(scores, reverse=True)
+    query = res["results"][0]["path"]
+    assert main(["search", str(collection / "store"), "--image", query, "-k", "1", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
+    assert top["path"] == query and top["score"] == pytest.approx(1.0, abs=1e-3)  # an image finds itself
+    assert main(["search", str(collection / "store")]) == 2
+
+
+@pytest.fixture(scope="module")
+def client(collection):
+    from fastapi.testclient import TestClient
+
+    from cliplab.infer.server import ServeLimits, create_app
+
+    return TestClient(create_app(str(collection / "store"), limits=ServeLimits(max_upload_bytes=200_000)))
+
+
+def _png(colour=(200, 30, 30), size=(32, 32)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_http_api(client):
+    assert client.get("/healthz").json()["items"] == 40
+    r = client.get("/search", params={"q": "a blue star", "k": 3}).json()
+    assert len(r["results"]) == 3 and r["results"][0]["url"].startswith("/images/")
+    assert client.get(r["results"][0]["url"]).headers["content-type"] == "image/jpeg"
+    r = client.post("/search", files={"image": ("q.png", _png(), "image/png")}, data={"k": "4"}).json()
+    assert len(r["results"]) == 4
+    r = client.post("/classify", files={"image": ("q.png", _png(), "image/png")}, data={"labels": "red, blue, green"})
+    preds = r.json()["predictions"]
+    assert [p["label"] for p in preds] != [] and abs(sum(p["score"] for p in preds) - 1) < 1e-4
+    assert preds == sorted(preds, key=lambda p: -p["score"])
+    r = client.post("/embed", json={"texts": ["a", "b"]}).json()
+    assert len(r["embeddings"]) == 2 and len(r["embeddings"][0]) == 128
+    r = client.post("/embed", files=[("images", ("a.png", _png(), "image/png"))]).json()
+    assert r["kind"] == "image" and len(r["embeddings"]) == 1
+    assert "openapi" in client.get("/openapi.json").json()
+    assert "<html" in client.get("/").text
+
+
+@pytest.mark.parametrize("method,url,kwargs,status", [
+    ("get", "/search", {"params": {"q": "x", "k": 0}}, 422),
+    ("get", "/search", {"params": {"q": "x", "k": 10_000}}, 422),
+    ("get", "/search", {"params": {"q": "x" * 600}}, 422),
+    ("get", "/search", {}, 422),
+    ("get", "/images/999", {}, 404),
+    ("get", "/images/-1", {}, 404),
+    ("get", "/images/..%2F..%2Fetc%2Fpasswd", {}, 404),
+    ("get", "/../../etc/passwd", {}, 404),
+    ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 400),
+    ("post", "/search", {"files": {"image": ("x.png", b"", "image/png")}}, 400),
+    ("post", "/classify", {"files": {"image": ("x.png", _png(), "image/png")}, "data": {"labels": " , "}}, 422),
+    ("post", "/classify", {"files": {"image": ("x.png", _png(), "image/png")},
+                           "data": {"labels": ",".join(str(i) for i in range(500))}}, 422),
+    ("post", "/embed", {"json": {"texts": "not a list"}}, 422),
+    ("post", "/embed", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400),
+    ("post", "/embed", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415),
+    ("post", "/search", {"files": {"image": ("big.png", b"0" * 300_000, "image/png")}}, 413),
+])
+def test_bad_requests_get_json_4xx(client, method, url, kwargs, status):
+    r = getattr(client, method)(url, **kwargs)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"}

@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+
+from cliplab.errors import CliplabError
+from cliplab.infer.index import SearchIndex, build_index, load_or_build_index
+from cliplab.infer.store import EmbeddingStore
+
+
+def _rows(n, start=0):
+    return [{"path": f"/img/{start + i}.png", "width": 10, "height": 20, "caption": None} for i in range(n)]
+
+
+def _unit(n, d=16, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_round_trip_and_reopen(tmp_path):
+    store = EmbeddingStore.create(tmp_path / "s", dim=16, model_id="m")
+    store.append_part(_unit(5), _rows(5))
+    store.append_part(_unit(3, seed=1), _rows(3, 5))
+    again = EmbeddingStore(tmp_path / "s")
+    assert len(again) == 8 and again.model_id == "m" and again.dim == 16
+    np.testing.assert_allclose(again.vectors()[5:], _unit(3, seed=1), atol=1e-3)  # float16 storage
+    assert again.get(6)["path"] == "/img/6.png" and again.done_keys() == {f"/img/{i}.png" for i in range(8)}
+
+
+def test_a_kill_between_part_and_manifest_leaves_a_consistent_store(tmp_path):
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(4), _rows(4))
+    (tmp_path / "s" / "part-00001.npy").write_bytes(b"half-written")  # written, never named by the manifest
+    (tmp_path / "s" / ".part-00001.npy.abc.tmp").write_bytes(b"x")
+    reopened = EmbeddingStore(tmp_path / "s")
+    assert len(reopened) == 4 and reopened.vectors().shape == (4, 16)
+    reopened.append_part(_unit(2, seed=3), _rows(2, 4))  # the resumed run overwrites the orphan
+    assert len(EmbeddingStore(tmp_path / "s")) == 6
+
+
+def test_ranks_write_their_own_parts(tmp_path):
+    for rank in (1, 0):
+        s = EmbeddingStore.open_or_create(tmp_path / "s", dim=16, rank=rank)
+        s.append_part(_unit(3, seed=rank), _rows(3, 10 * rank), rank=rank)
+    merged = EmbeddingStore(tmp_path / "s")
+    assert len(merged) == 6 and merged.get(0)["path"] == "/img/0.png" and merged.get(3)["path"] == "/img/10.png"
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(CliplabError, match="not an embedding store"):
+        EmbeddingStore(tmp_path)
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(2), _rows(2))
+    (tmp_path / "s" / "part-00000.npy").write_bytes(b"")
+    with pytest.raises(CliplabError, match=r"part-00000: unreadable store part"):
+        EmbeddingStore(tmp_path / "s").vectors()
+    with pytest.raises(CliplabError, match="does not fit"):
+        store.append_part(_unit(2, d=8), _rows(2))
+
+
+def test_flat_is_exact_and_k_is_capped():
+    x = _unit(50)
+    idx = build_index(x, "flat")
+    q = _unit(4, seed=9)
+    scores, ids = idx.search(q, 5)
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    assert (ids == truth).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, truth, 1), rtol=1e-5)
+    _, ids = idx.search(q, 500)
+    assert ids.shape == (4, 50) and (ids >= 0).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_recall(kind):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 32))
+    x = (centres[rng.integers(0, 50, 8000)] + 0.3 * rng.normal(size=(8000, 32))).astype(np.float32)
+    idx = build_index(x, kind)
+    assert idx.info["recall_at_10"] >= 0.95
+
+
+def test_saved_index_detects_staleness(tmp_path):
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(10), _rows(10))
+    first = load_or_build_index(store)
+    assert first.index.ntotal == 10 and SearchIndex.load(tmp_path / "s").info["count"] == 10
+    store.append_part(_unit(5, seed=2), _rows(5, 10))
+    assert load_or_build_index(EmbeddingStore(tmp_path / "s")).index.ntotal == 15
+    assert json.loads((tmp_path / "s" / "index.json").read_text())["count"] == 15
