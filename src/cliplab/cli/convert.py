@@ -1,0 +1,37 @@
+"""``cliplab convert``: OpenAI / open_clip / Hugging Face checkpoints → cliplab (or → Hugging Face)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint to cliplab's format (or to a HF CLIPModel folder)")
+    p.add_argument("src", help="OpenAI .pt, open_clip checkpoint, HF CLIPModel folder, or a cliplab checkpoint")
+    p.add_argument("dst", help="output folder (or .safetensors file for the native format)")
+    p.add_argument("--format", choices=["native", "hf"], default="native")
+    p.add_argument("--arch", help="architecture to use instead of inferring it from tensor shapes")
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="allow full unpickling / TorchScript (runs code from the file: only for trusted files)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cliplab.api import load_model
+    from cliplab.checkpoint import save_checkpoint, validate_state_dict
+    from cliplab.config import CLIPConfig, load_arch
+
+    model, cfg, root = load_model(args.src, allow_unsafe=args.allow_unsafe_pickle)
+    if args.arch:
+        forced = CLIPConfig.for_model(load_arch(args.arch), name=args.arch)
+        validate_state_dict(forced, model.state_dict(), source=args.src)
+        cfg = forced
+    if args.format == "hf":
+        from cliplab.convert.hf import export_hf
+
+        out = export_hf(model, cfg, args.dst)
+    else:
+        tok = root / cfg.tokenizer.vocab if cfg.tokenizer.vocab and root else None
+        out = save_checkpoint(model, cfg, args.dst, tokenizer_file=tok)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,87 @@
+"""Reading other projects' checkpoint files without executing their code.
+
+* safetensors: read directly.
+* plain PyTorch pickles (OpenAI state dicts, open_clip checkpoints, HF ``pytorch_model.bin``):
+  ``torch.load(weights_only=True)``, which refuses any object that is not tensors and containers.
+* TorchScript archives (OpenAI's released ``.pt`` files are these) and pickles carrying other objects
+  need full unpickling, which runs code from the file: refused unless ``allow_unsafe=True``
+  (``--allow-unsafe-pickle``); convert a trusted file once, then use the safetensors result.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from cliplab.config import CLIPConfig
+from cliplab.errors import CliplabError
+
+__all__ = ["load_foreign", "read_pickle", "read_safetensors"]
+
+UNSAFE_HINT = ("it needs full unpickling, which can run code from the file; if you trust it, pass "
+               "allow_unsafe=True (CLI: --allow-unsafe-pickle) once and keep the converted safetensors")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CliplabError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_pickle(path: Path, allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from a PyTorch file: weights only, unless ``allow_unsafe``."""
+    if _is_torchscript(path):
+        if not allow_unsafe:
+            raise CliplabError(f"{path}: a TorchScript archive (OpenAI's format); {UNSAFE_HINT}")
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        text = str(err)
+        culprit = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if culprit or ((head[:1] == b"\x80" or head == b"PK") and "Weights only load failed" in text):
+            detail = f" ({culprit})" if culprit else ""
+            raise CliplabError(f"{path}: refused to unpickle{detail}: {UNSAFE_HINT}") from None
+        msg = text.splitlines()[0] if text else type(err).__name__
+        raise CliplabError(f"{path}: unreadable PyTorch file ({msg})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # an open_clip training checkpoint
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor | int) for v in obj.values()):
+        raise CliplabError(f"{path}: not a state dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str | None = None) -> tuple[CLIPConfig,
+                                                                                                       dict]:
+    """Any OpenAI, open_clip or Hugging Face checkpoint → ``(resolved config, cliplab state dict)``."""
+    from cliplab.convert.hf import is_hf_dir, read_hf_dir
+    from cliplab.convert.openai import from_openai, infer_config
+
+    path = Path(path)
+    if is_hf_dir(path):
+        return read_hf_dir(path)
+    if path.is_dir():
+        raise CliplabError(f"{path}: a folder that is neither a cliplab checkpoint, a run, nor a HF CLIPModel")
+    if not path.exists():
+        raise CliplabError(f"{path}: no such file")
+    sd = read_safetensors(path) if path.suffix == ".safetensors" else read_pickle(path, allow_unsafe)
+    if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
+        raise CliplabError(f"{path}: HF weights without their config.json; load the whole CLIPModel folder")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    model_cfg = infer_config(sd, activation=activation or "quick_gelu")
+    return CLIPConfig.for_model(model_cfg), from_openai(sd)

@@ -1,0 +1,207 @@
+"""Hugging Face ``CLIPModel`` folders ↔ cliplab: config, key names, fused attention projections."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cliplab.config import (
+    CLIPConfig,
+    ModelConfig,
+    PreprocessConfig,
+    TextTransformerConfig,
+    TokenizerConfig,
+    ViTConfig,
+)
+from cliplab.errors import CliplabError
+from cliplab.fileio import atomic_path, write_json
+
+__all__ = ["export_hf", "from_hf", "hf_config_to_cliplab", "is_hf_dir", "read_hf_dir", "to_hf"]
+
+_TOWER = {"vision_model": "visual", "text_model": "text"}
+_RULES = [
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual.patch_embed."),
+    (r"^vision_model\.embeddings\.class_embedding$", "visual.class_embedding"),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", "visual.positional_embedding"),
+    (r"^vision_model\.pre_layrnorm\.", "visual.ln_pre."),
+    (r"^vision_model\.post_layernorm\.", "visual.ln_post."),
+    (r"^visual_projection\.", "visual.proj."),
+    (r"^text_model\.embeddings\.token_embedding\.", "text.token_embedding."),
+    (r"^text_model\.embeddings\.position_embedding\.weight$", "text.positional_embedding"),
+    (r"^text_model\.final_layer_norm\.", "text.ln_final."),
+    (r"^text_projection\.", "text.proj."),
+    (r"^(vision_model|text_model)\.encoder\.layers\.", lambda m: f"{_TOWER[m.group(1)]}.transformer.blocks."),
+    (r"\.self_attn\.out_proj\.", ".attn.out."),
+    (r"\.layer_norm1\.", ".ln_1."),
+    (r"\.layer_norm2\.", ".ln_2."),
+    (r"\.mlp\.fc1\.", ".mlp.fc."),
+    (r"\.mlp\.fc2\.", ".mlp.proj."),
+]
+_QKV = re.compile(r"^(.*)\.self_attn\.(q|k|v)_proj\.(weight|bias)$")
+
+
+def _act(value: str, where: str) -> str:
+    if value not in ("quick_gelu", "gelu"):
+        raise CliplabError(f"{where}: activation {value!r} is not supported (quick_gelu or gelu)")
+    return value
+
+
+def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> CLIPConfig:
+    """A ``transformers.CLIPConfig`` JSON (and its preprocessor config) → a resolved cliplab config."""
+    try:
+        v, t = cfg["vision_config"], cfg["text_config"]
+        vision = ViTConfig(
+            image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32), width=v.get("hidden_size", 768),
+            layers=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
+            mlp_ratio=v.get("intermediate_size", 3072) / v.get("hidden_size", 768),
+            activation=_act(v.get("hidden_act", "quick_gelu"), "vision_config.hidden_act"),
+            ln_eps=v.get("layer_norm_eps", 1e-5))
+        eos = t.get("eos_token_id", 49407)
+        text = TextTransformerConfig(
+            context_length=t.get("max_position_embeddings", 77), vocab_size=t.get("vocab_size", 49408),
+            width=t.get("hidden_size", 512), layers=t.get("num_hidden_layers", 12),
+            heads=t.get("num_attention_heads", 8),
+            mlp_ratio=t.get("intermediate_size", 2048) / t.get("hidden_size", 512),
+            activation=_act(t.get("hidden_act", "quick_gelu"), "text_config.hidden_act"),
+            ln_eps=t.get("layer_norm_eps", 1e-5),
+            # eos id 2 is HF's legacy config: it then pools at the largest id, which is 49407 for CLIP's BPE
+            eot_token_id=49407 if eos == 2 else eos)
+    except (KeyError, TypeError) as err:
+        raise CliplabError(f"config.json is not a CLIPModel config ({err})") from None
+    model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
+                        init_logit_scale=cfg.get("logit_scale_init_value", 2.6592))
+    pre = PreprocessConfig(image_size=vision.image_size)
+    if preprocessor:
+        pre = PreprocessConfig(image_size=vision.image_size,
+                               mean=tuple(preprocessor.get("image_mean", pre.mean)),
+                               std=tuple(preprocessor.get("image_std", pre.std)))
+    return CLIPConfig(model, pre, TokenizerConfig(context_length=text.context_length), name=cfg.get("_name_or_path"))
+
+
+def from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF key names → cliplab (q, k, v projections fused into one qkv)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if key.endswith("position_ids"):
+            continue
+        m = _QKV.match(key)
+        if m:
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+            continue
+        for pattern, repl in _RULES:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    for (prefix, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CliplabError(f"{prefix}: incomplete attention projections {sorted(parts)}")
+        for pattern, repl in _RULES:
+            prefix = re.sub(pattern, repl, prefix)
+        out[f"{prefix}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """cliplab key names → HF (qkv split back into q, k, v)."""
+    reverse = [
+        (r"^visual\.patch_embed\.", "vision_model.embeddings.patch_embedding."),
+        (r"^visual\.class_embedding$", "vision_model.embeddings.class_embedding"),
+        (r"^visual\.positional_embedding$", "vision_model.embeddings.position_embedding.weight"),
+        (r"^visual\.ln_pre\.", "vision_model.pre_layrnorm."),
+        (r"^visual\.ln_post\.", "vision_model.post_layernorm."),
+        (r"^visual\.proj\.", "visual_projection."),
+        (r"^text\.token_embedding\.", "text_model.embeddings.token_embedding."),
+        (r"^text\.positional_embedding$", "text_model.embeddings.position_embedding.weight"),
+        (r"^text\.ln_final\.", "text_model.final_layer_norm."),
+        (r"^text\.proj\.", "text_projection."),
+        (r"^visual\.transformer\.blocks\.", "vision_model.encoder.layers."),
+        (r"^text\.transformer\.blocks\.", "text_model.encoder.layers."),
+        (r"\.attn\.out\.", ".self_attn.out_proj."),
+        (r"\.ln_1\.", ".layer_norm1."),
+        (r"\.ln_2\.", ".layer_norm2."),
+        (r"\.mlp\.fc\.", ".mlp.fc1."),
+        (r"\.mlp\.proj\.", ".mlp.fc2."),
+    ]
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r"^(.*)\.attn\.qkv\.(weight|bias)$", key)
+        base = m.group(1) if m else key
+        for pattern, repl in reverse:
+            base = re.sub(pattern, repl, base)
+        if m:
+            for name, part in zip("qkv", value.chunk(3), strict=True):
+                out[f"{base}.self_attn.{name}_proj.{m.group(2)}"] = part.contiguous()
+        else:
+            out[base] = value
+    return out
+
+
+def _hf_config(cfg: CLIPConfig) -> dict[str, Any]:
+    m = cfg.model
+    v, t = m.vision, m.text
+    if not isinstance(v, ViTConfig) or not isinstance(t, TextTransformerConfig):
+        raise CliplabError("only ViT + Transformer models have a Hugging Face CLIPModel equivalent")
+    return {
+        "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": m.embed_dim,
+        "logit_scale_init_value": m.init_logit_scale,
+        "vision_config": {"model_type": "clip_vision_model", "image_size": v.image_size, "patch_size": v.patch_size,
+                          "hidden_size": v.width, "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
+                          "intermediate_size": int(v.width * v.mlp_ratio), "hidden_act": v.activation,
+                          "layer_norm_eps": v.ln_eps, "projection_dim": m.embed_dim, "num_channels": 3},
+        "text_config": {"model_type": "clip_text_model", "max_position_embeddings": t.context_length,
+                        "vocab_size": t.vocab_size, "hidden_size": t.width, "num_hidden_layers": t.layers,
+                        "num_attention_heads": t.heads, "intermediate_size": int(t.width * t.mlp_ratio),
+                        "hidden_act": t.activation, "layer_norm_eps": t.ln_eps, "projection_dim": m.embed_dim,
+                        "eos_token_id": t.eot_token_id, "bos_token_id": 49406, "pad_token_id": 1},
+    }
+
+
+def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLike[str]) -> Path:
+    """Write a folder ``transformers.CLIPModel.from_pretrained`` loads with no missing or unexpected keys."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_cfg = _hf_config(cfg)
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf(model.state_dict()).items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+    s = cfg.preprocess.image_size
+    write_json(out / "preprocessor_config.json", {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": s},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": s, "width": s}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(cfg.preprocess.mean),
+        "image_std": list(cfg.preprocess.std), "do_convert_rgb": True})
+    write_json(out / "config.json", hf_cfg)
+    return out
+
+
+def is_hf_dir(path: Path) -> bool:
+    if not (path.is_dir() and (path / "config.json").exists()):
+        return False
+    try:
+        return "vision_config" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def read_hf_dir(path: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    cfg_json = json.loads((path / "config.json").read_text())
+    pre = path / "preprocessor_config.json"
+    clip_cfg = hf_config_to_cliplab(cfg_json, json.loads(pre.read_text()) if pre.exists() else None)
+    if (path / "model.safetensors").exists():
+        from cliplab.convert.foreign import read_safetensors
+
+        sd = read_safetensors(path / "model.safetensors")
+    elif (path / "pytorch_model.bin").exists():
+        from cliplab.convert.foreign import read_pickle
+
+        sd = read_pickle(path / "pytorch_model.bin", allow_unsafe=False)
+    else:
+        raise CliplabError(f"{path}: no model.safetensors or pytorch_model.bin")
+    return clip_cfg, from_hf(sd)

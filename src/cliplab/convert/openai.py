@@ -1,0 +1,112 @@
+"""OpenAI's (and open_clip's) CLIP state-dict names ↔ cliplab's, and the architecture read off tensor shapes."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from cliplab.config import ModelConfig, ResNetConfig, TextTransformerConfig, ViTConfig
+from cliplab.errors import CliplabError
+
+__all__ = ["from_openai", "infer_config", "to_openai"]
+
+# (OpenAI pattern, cliplab replacement), applied in order to every key
+_RULES = [
+    (r"^visual\.transformer\.resblocks\.", "visual.transformer.blocks."),
+    (r"^transformer\.resblocks\.", "text.transformer.blocks."),
+    (r"\.attn\.in_proj_weight$", ".attn.qkv.weight"),
+    (r"\.attn\.in_proj_bias$", ".attn.qkv.bias"),
+    (r"\.attn\.out_proj\.", ".attn.out."),
+    (r"\.mlp\.c_fc\.", ".mlp.fc."),
+    (r"\.mlp\.c_proj\.", ".mlp.proj."),
+    (r"^token_embedding\.", "text.token_embedding."),
+    (r"^positional_embedding$", "text.positional_embedding"),
+    (r"^ln_final\.", "text.ln_final."),
+    (r"^visual\.layer([1-4])\.", lambda m: f"visual.stages.{int(m.group(1)) - 1}."),
+    (r"\.downsample\.1\.", ".downsample.2."),  # OpenAI: [-1] avg-pool, [0] conv, [1] bn; cliplab: [0] pool, [1], [2]
+    (r"\.downsample\.0\.", ".downsample.1."),
+]
+_EXTRA = {"input_resolution", "context_length", "vocab_size"}  # ints stored in OpenAI's archives
+
+
+def _rename(key: str, vit: bool) -> str:
+    if vit and key == "visual.conv1.weight":
+        return "visual.patch_embed.weight"
+    for pattern, repl in _RULES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def from_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI / open_clip names → cliplab names (projections transposed into Linear weights)."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if k.removeprefix("module.") not in _EXTRA}
+    vit = "visual.proj" in sd
+    out = {}
+    for key, value in sd.items():
+        if key == "visual.proj":
+            out["visual.proj.weight"] = value.T.contiguous()
+        elif key == "text_projection":
+            out["text.proj.weight"] = value.T.contiguous()
+        else:
+            out[_rename(key, vit)] = value
+    return out
+
+
+_REVERSE = [
+    (r"^visual\.patch_embed\.weight$", "visual.conv1.weight"),
+    (r"^visual\.transformer\.blocks\.", "visual.transformer.resblocks."),
+    (r"^text\.transformer\.blocks\.", "transformer.resblocks."),
+    (r"\.attn\.qkv\.weight$", ".attn.in_proj_weight"),
+    (r"\.attn\.qkv\.bias$", ".attn.in_proj_bias"),
+    (r"\.attn\.out\.", ".attn.out_proj."),
+    (r"\.mlp\.fc\.", ".mlp.c_fc."),
+    (r"\.mlp\.proj\.", ".mlp.c_proj."),
+    (r"^text\.(token_embedding|positional_embedding|ln_final)", r"\1"),
+    (r"^visual\.stages\.(\d)\.", lambda m: f"visual.layer{int(m.group(1)) + 1}."),
+    (r"\.downsample\.1\.", ".downsample.0."),
+    (r"\.downsample\.2\.", ".downsample.1."),
+]
+_PROJECTIONS = {"visual.proj.weight": "visual.proj", "text.proj.weight": "text_projection"}
+
+
+def to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """cliplab names → OpenAI names (the inverse of :func:`from_openai`)."""
+    out = {}
+    for key, value in sd.items():
+        if key in _PROJECTIONS:
+            out[_PROJECTIONS[key]] = value.T.contiguous()
+            continue
+        for pattern, repl in _REVERSE:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def _count(sd: dict[str, torch.Tensor], pattern: str) -> int:
+    return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
+
+
+def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu") -> ModelConfig:
+    """The architecture of an OpenAI-named state dict, from tensor shapes alone (as OpenAI's build_model)."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    try:
+        embed_dim = sd["text_projection"].shape[1]
+        tw = sd["ln_final.weight"].shape[0]
+        text = TextTransformerConfig(
+            context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
+            width=tw, heads=tw // 64, layers=_count(sd, r"^transformer\.resblocks\.(\d+)\."), activation=activation)
+        if "visual.proj" in sd:
+            width = sd["visual.conv1.weight"].shape[0]
+            patch = sd["visual.conv1.weight"].shape[-1]
+            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision = ViTConfig(image_size=patch * grid, patch_size=patch, width=width, heads=width // 64,
+                               layers=_count(sd, r"^visual\.transformer\.resblocks\.(\d+)\."), activation=activation)
+        else:
+            layers = tuple(_count(sd, rf"^visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4))
+            width = sd["visual.layer1.0.conv1.weight"].shape[0]
+            out = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision = ResNetConfig(image_size=out * 32, layers=layers, width=width, heads=width * 32 // 64)
+    except KeyError as err:
+        raise CliplabError(f"not an OpenAI/open_clip CLIP state dict (no tensor {err.args[0]!r})") from None
+    return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)

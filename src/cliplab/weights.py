@@ -1,0 +1,81 @@
+"""Known pretrained weights: where they live, their checksum, and the preprocessing they expect.
+
+Downloads stream to a temporary file, are checked against the published SHA-256, and only then are
+renamed into the cache. Offline, a download fails with one line saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cliplab.errors import CliplabError
+from cliplab.fileio import atomic_path
+
+__all__ = ["PRETRAINED", "download", "pretrained_tags"]
+
+_OPENAI = "https://openaipublic.azureedge.net/clip/models"
+# name -> tag -> (url, sha256)
+_H = {  # SHA-256 of each file, as published in OpenAI's download URLs
+    "RN50": "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
+    "RN101": "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599",
+    "RN50x4": "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd",
+    "RN50x16": "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa",
+    "RN50x64": "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c",
+    "ViT-B-32": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+    "ViT-B-16": "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
+    "ViT-L-14": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+    "ViT-L-14-336": "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+}
+PRETRAINED: dict[str, dict[str, tuple[str, str]]] = {
+    "RN50": {"openai": (f"{_OPENAI}/{_H['RN50']}/RN50.pt", _H["RN50"])},
+    "RN101": {"openai": (f"{_OPENAI}/{_H['RN101']}/RN101.pt", _H["RN101"])},
+    "RN50x4": {"openai": (f"{_OPENAI}/{_H['RN50x4']}/RN50x4.pt", _H["RN50x4"])},
+    "RN50x16": {"openai": (f"{_OPENAI}/{_H['RN50x16']}/RN50x16.pt", _H["RN50x16"])},
+    "RN50x64": {"openai": (f"{_OPENAI}/{_H['RN50x64']}/RN50x64.pt", _H["RN50x64"])},
+    "ViT-B-32": {"openai": (f"{_OPENAI}/{_H['ViT-B-32']}/ViT-B-32.pt", _H["ViT-B-32"])},
+    "ViT-B-16": {"openai": (f"{_OPENAI}/{_H['ViT-B-16']}/ViT-B-16.pt", _H["ViT-B-16"])},
+    "ViT-L-14": {"openai": (f"{_OPENAI}/{_H['ViT-L-14']}/ViT-L-14.pt", _H["ViT-L-14"])},
+    "ViT-L-14-336": {"openai": (f"{_OPENAI}/{_H['ViT-L-14-336']}/ViT-L-14-336px.pt", _H["ViT-L-14-336"])},
+}
+
+
+def pretrained_tags(name: str) -> list[str]:
+    return sorted(PRETRAINED.get(name, {}))
+
+
+def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(os.environ.get("CLIPLAB_CACHE", Path.home() / ".cache" / "cliplab"))
+
+
+def download(name: str, pretrained: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+             timeout: float = 30.0) -> Path:
+    """The local path of ``name``'s ``pretrained`` weights, downloading (and verifying) them if needed."""
+    tags = PRETRAINED.get(name, {})
+    tag = pretrained or ("openai" if "openai" in tags else None)
+    if tag not in tags:
+        raise CliplabError(f"{name}: no pretrained weights {pretrained!r} (known: {', '.join(tags) or 'none'}); "
+                           "use cliplab.create_model for a random initialisation, or pass a local path")
+    url, sha = tags[tag]
+    target = _cache_dir(cache_dir) / f"{name}-{tag}{Path(url).suffix}"
+    if target.exists():
+        return target
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+            if digest.hexdigest() != sha:
+                raise CliplabError(f"{url}: checksum mismatch (got {digest.hexdigest()[:12]}..., "
+                                   f"expected {sha[:12]}...); the download was discarded")
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        reason = getattr(err, "reason", err)
+        raise CliplabError(f"could not download {name} ({tag}) weights: {reason}; no network? "
+                           "pass a local checkpoint path instead") from None
+    return target

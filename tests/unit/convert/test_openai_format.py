@@ -1,0 +1,108 @@
+"""OpenAI / open_clip state dicts: names, shape inference, wrappers, and files that must not be trusted."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cliplab.api import load_model
+from cliplab.config import load_arch
+from cliplab.convert.openai import from_openai, infer_config, to_openai
+from cliplab.errors import CliplabError
+from cliplab.model.build import create_model
+from cliplab.weights import download
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-L-14-336", "RN50", "RN50x64", "RN101"])
+def test_names_and_shape_inference_on_openai_architectures(arch):
+    cfg = load_arch(arch)
+    with torch.device("meta"):
+        sd = create_model(cfg).state_dict()
+    openai = to_openai(sd)
+    assert "visual.proj" in openai if cfg.vision.type == "vit" else "visual.attnpool.c_proj.weight" in openai
+    assert "text_projection" in openai and "transformer.resblocks.0.attn.in_proj_weight" in openai
+    back = from_openai(openai)
+    assert set(back) == set(sd) and all(back[k].shape == sd[k].shape for k in sd)
+    assert infer_config(openai) == cfg
+
+
+def _small_openai_shaped(tmp_path):
+    """A ViT with OpenAI's head size (64), small enough for a quick test."""
+    from cliplab.config import ModelConfig, TextTransformerConfig, ViTConfig
+
+    cfg = ModelConfig(embed_dim=64, vision=ViTConfig(image_size=32, patch_size=16, width=128, layers=2, heads=2,
+                                                     activation="quick_gelu"),
+                      text=TextTransformerConfig(width=128, heads=2, layers=2, activation="quick_gelu"))
+    torch.manual_seed(0)
+    return cfg, create_model(cfg).eval()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "module", "open_clip_training"])
+def test_openai_pickles_load_with_identical_outputs(tmp_path, wrap):
+    cfg, model = _small_openai_shaped(tmp_path)
+    sd = to_openai(model.state_dict())
+    if wrap == "module":
+        sd = {f"module.{k}": v for k, v in sd.items()}
+    obj = {"epoch": 3, "state_dict": sd} if wrap == "open_clip_training" else sd
+    torch.save(obj, tmp_path / "ckpt.pt")
+    ours, cfg2, _ = load_model(tmp_path / "ckpt.pt")
+    assert cfg2.model == cfg
+    images = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[49406, 320, 1125, 49407] + [0] * 73])
+    with torch.no_grad():
+        assert torch.equal(ours.encode_image(images), model.encode_image(images))
+        assert torch.equal(ours.encode_text(ids), model.encode_text(ids))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/cliplab-pwned",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickle_with_code_is_refused(tmp_path, writer):
+    path = tmp_path / "evil.pt"
+    if writer == "torch.save":
+        torch.save({"weight": _Evil()}, path)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump({"weight": _Evil()}, fh)
+    if os.path.exists("/tmp/cliplab-pwned"):
+        os.remove("/tmp/cliplab-pwned")
+    with pytest.raises(CliplabError, match=r"evil\.pt: refused to unpickle.*allow-unsafe-pickle") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+    assert not os.path.exists("/tmp/cliplab-pwned")
+
+
+def test_corrupt_and_unknown_files(tmp_path):
+    cfg, model = _small_openai_shaped(tmp_path)
+    save_file({k: v.contiguous() for k, v in to_openai(model.state_dict()).items()}, str(tmp_path / "w.safetensors"))
+    assert load_model(tmp_path / "w.safetensors")[1].model == cfg
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CliplabError, match=r"cut\.safetensors: corrupt or truncated"):
+        load_model(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.bin").write_bytes(b"\x00garbage")
+    with pytest.raises(CliplabError, match=r"junk\.bin: unreadable"):
+        load_model(tmp_path / "junk.bin")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CliplabError, match="not an OpenAI/open_clip CLIP state dict"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_download_offline_fails_in_one_line(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(CliplabError, match=r"could not download ViT-B-32 \(openai\).*local checkpoint") as info:
+        download("ViT-B-32", "openai", cache_dir=tmp_path)
+    assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+    with pytest.raises(CliplabError, match="no pretrained weights 'laion'"):
+        download("ViT-B-32", "laion", cache_dir=tmp_path)
