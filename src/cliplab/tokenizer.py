@@ -3,8 +3,8 @@
 Same ids as OpenAI's ``simple_tokenizer``: ftfy fix, double HTML unescape, whitespace collapse,
 lower-case; OpenAI's regex pre-tokenisation; bytes mapped to printable characters; BPE with an ``</w>``
 end-of-word suffix; ``<start_of_text>`` 49406 and ``<end_of_text>`` 49407; zero padding to the context.
-The cleaning runs in Python (with a cache, and ftfy skipped where it provably changes nothing); the BPE
-runs in Rust over the whole batch.
+The cleaning and pre-tokenisation run in Python (ftfy skipped where it provably changes nothing); each
+distinct word goes through the Rust BPE once and is cached.
 
 :func:`train_bpe` learns a small vocabulary with the same cleaning and pre-tokenisation, for models
 trained from scratch on a narrow caption corpus.
@@ -22,8 +22,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import regex
 import torch
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _RustTokenizer
 
 from cliplab.config import TokenizerConfig
@@ -38,6 +39,10 @@ PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _WS = re.compile(r"\s+")
 # ASCII text with none of these needs no ftfy: no HTML entity to unescape, no control character to drop.
 _FTFY_NEEDED = re.compile(r"[^\t\n\r\x20-\x7e]|&")
+_SPECIAL = r"<\|startoftext\|>|<\|endoftext\|>|"
+_WORDS = regex.compile(_SPECIAL + PATTERN, regex.IGNORECASE)
+# the same pattern for lower-cased printable ASCII: \p{L} is [a-z] there and \p{N} is [0-9]
+_ASCII_WORDS = re.compile(_SPECIAL + r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+""")
 
 
 class TokenizerError(CliplabError):
@@ -92,9 +97,8 @@ def _openai_backend() -> _RustTokenizer:
 class Tokenizer:
     """``tokenizer(texts) -> LongTensor (N, context_length)``; see the module docstring.
 
-    Two views of one BPE model: ``plain`` encodes text already cleaned in Python; ``fast`` does the
-    cleaning itself (whitespace collapse, strip, lower-case — all the cleaning there is for printable
-    ASCII without ``&``) and adds start/end tokens, padding and truncation in Rust.
+    Words are pre-tokenised with OpenAI's pattern (a plain-ASCII twin of it for the texts that need no
+    ftfy), and each distinct word is run through the BPE once and cached: captions reuse few words.
     """
 
     def __init__(self, backend: _RustTokenizer, context_length: int = 77) -> None:
@@ -104,35 +108,32 @@ class Tokenizer:
         self.eot_token_id = backend.token_to_id(EOT)
         if self.sot_token_id is None or self.eot_token_id is None:
             raise TokenizerError(f"tokenizer vocabulary lacks {SOT} or {EOT}")
-        backend.add_special_tokens([AddedToken(SOT, normalized=False), AddedToken(EOT, normalized=False)])
         self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
-        self._fast: dict[int, _RustTokenizer] = {}
-
-    def _fast_backend(self, n_ctx: int) -> _RustTokenizer:
-        if n_ctx not in self._fast:
-            fast = _RustTokenizer.from_str(self.backend.to_str())
-            fast.normalizer = normalizers.Sequence(
-                [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()]
-            )
-            fast.post_processor = processors.TemplateProcessing(
-                single=f"{SOT} $A {EOT}", special_tokens=[(SOT, self.sot_token_id), (EOT, self.eot_token_id)]
-            )
-            fast.enable_truncation(max_length=n_ctx)
-            fast.enable_padding(length=n_ctx, pad_id=0, pad_token="!")
-            self._fast[n_ctx] = fast
-        return self._fast[n_ctx]
+        self._words: dict[str, list[int]] = {SOT: [self.sot_token_id], EOT: [self.eot_token_id]}
 
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
 
+    def _word_ids(self, word: str) -> list[int]:
+        ids = self._words.get(word)
+        if ids is None:
+            ids = self.backend.encode(word, add_special_tokens=False).ids
+            if len(self._words) < 1_000_000:
+                self._words[word] = ids
+        return ids
+
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens."""
-        return self.backend.encode(clean_text(text), add_special_tokens=False).ids
+        if _FTFY_NEEDED.search(text) is None:  # printable ASCII without '&': cleaning is collapse + lower
+            words = _ASCII_WORDS.findall(" ".join(text.split()).lower())
+        else:
+            words = _WORDS.findall(clean_text(text))
+        word_ids = self._word_ids
+        return [i for w in words for i in word_ids(w)]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        cleaned = [clean_text(t) for t in texts]
-        return [e.ids for e in self.backend.encode_batch(cleaned, add_special_tokens=False)]
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; start, end and padding tokens are skipped."""
@@ -150,19 +151,21 @@ class Tokenizer:
         if len(texts) == 0:
             raise TokenizerError("nothing to tokenize: the list of texts is empty")
         n_ctx = context_length or self.context_length
-        # Texts that need Python's cleaning (ftfy, HTML entities) are cleaned first; the rest go straight in.
-        prepared = [clean_text(t) if _FTFY_NEEDED.search(t) else t for t in texts]
-        encodings = self._fast_backend(n_ctx).encode_batch(prepared)
-        out = np.array([e.ids for e in encodings], dtype=np.int64)  # (N, L)
-        for row, enc in enumerate(encodings):
-            if enc.overflowing and not truncate:
-                text = texts[row]
-                short = text if len(text) <= 60 else text[:57] + "..."
-                n = len(self.encode(text)) + 2
-                raise TokenizerError(
-                    f"text {short!r} has {n} tokens, more than the context length {n_ctx} "
-                    "(pass truncate=True to cut it)"
-                )
+        out = np.zeros((len(texts), n_ctx), dtype=np.int64)  # (N, L), zero padding
+        sot, eot = self.sot_token_id, self.eot_token_id
+        for row, text in enumerate(texts):
+            ids = self.encode(text)
+            if len(ids) + 2 > n_ctx:
+                if not truncate:
+                    short = text if len(text) <= 60 else text[:57] + "..."
+                    raise TokenizerError(
+                        f"text {short!r} has {len(ids) + 2} tokens, more than the context length {n_ctx} "
+                        "(pass truncate=True to cut it)"
+                    )
+                ids = ids[: n_ctx - 2]
+            out[row, 0] = sot
+            out[row, 1 : len(ids) + 1] = ids
+            out[row, len(ids) + 1] = eot
         return torch.from_numpy(out)
 
 

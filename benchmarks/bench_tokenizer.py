@@ -1,0 +1,80 @@
+"""Batch tokenisation throughput: cliplab vs OpenAI's reference tokenizer (identical ids checked).
+
+The reference is clip-anytorch's ``simple_tokenizer.py`` loaded by file path, used the way ``clip.tokenize``
+uses it (encode each text, pad into a tensor). Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+
+def _reference():
+    spec = importlib.util.find_spec("clip")
+    path = Path(spec.submodule_search_locations[0]) / "simple_tokenizer.py"
+    mspec = importlib.util.spec_from_file_location("openai_simple_tokenizer", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod.SimpleTokenizer()
+
+
+ASCII = ("a photo of the red green blue small large dog cat car street in on at with two three people sitting "
+         "standing near beside old new bright dark wooden metal table window sky water tree man woman child "
+         "playing holding riding 42 3.5 don't it's , .").split(" ")
+UNICODE = "café naïve déjà 東京 🐱 &amp; Ünïcödé “quoted”".split(" ")
+
+
+def _corpus(n: int, unicode_share: float, seed: int = 0) -> list[str]:
+    """Caption-like texts; ``unicode_share`` of them hold a non-ASCII word or an HTML entity."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(ASCII) for _ in range(rng.randint(5, 20))]
+        if rng.random() < unicode_share:
+            words[rng.randrange(len(words))] = rng.choice(UNICODE)
+        out.append(" ".join(words) + rng.choice([".", "!", ""]))
+    return out
+
+
+def main(n: int = 20_000) -> None:
+    from cliplab.tokenizer import get_tokenizer
+
+    ref = _reference()
+    sot, eot = ref.encoder["<|startoftext|>"], ref.encoder["<|endoftext|>"]
+    rows = []
+    for name, share in (("captions (5% unicode)", 0.05), ("all unicode", 1.0)):
+        texts = _corpus(n, share)
+        ours = get_tokenizer()  # a fresh word cache for each corpus
+        ours(["warm up"])
+
+        def reference_batch(texts=texts):
+            out = torch.zeros(len(texts), 77, dtype=torch.long)
+            for i, t in enumerate(texts):
+                ids = [sot, *ref.encode(t), eot][:77]
+                out[i, : len(ids)] = torch.tensor(ids)
+            return out
+
+        t = time.perf_counter()
+        a = reference_batch()
+        t_ref = time.perf_counter() - t
+        t = time.perf_counter()
+        b = ours(texts, truncate=True)
+        t_ours = time.perf_counter() - t
+        rows.append({"corpus": name, "texts": n, "reference_per_s": round(n / t_ref),
+                     "cliplab_per_s": round(n / t_ours), "speedup": round(t_ref / t_ours, 2),
+                     "identical": bool(torch.equal(a, b))})
+    print(f"{'corpus':<24}{'OpenAI ref/s':>14}{'cliplab/s':>12}{'speedup':>9}  identical")
+    for r in rows:
+        print(f"{r['corpus']:<24}{r['reference_per_s']:>14}{r['cliplab_per_s']:>12}{r['speedup']:>8.1f}x"
+              f"  {r['identical']}")
+    print(json.dumps({"bench": "tokenizer", "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
