@@ -12,7 +12,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
     p.add_argument("--device", default="auto")
-    p.add_argument("--output", help="write the report as JSON here")
+    p.add_argument("--output-json", "--output", dest="output", help="write the report as JSON here (atomically)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.add_argument("--csv-img-key", default="filepath")
     p.add_argument("--csv-separator", default=",")
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--templates", default="openai-imagenet", help="built-in set (openai-imagenet, simple) or file")
     z.add_argument("--confusion-png", help="also plot the confusion matrix here")
     z.add_argument("--save-classifier", help="write the zero-shot classifier (safetensors)")
+    z.add_argument("--load-classifier", help="use a classifier saved with --save-classifier (skips the prompts)")
     z.set_defaults(func=run_zeroshot)
 
     r = tasks.add_parser("retrieval", help="image↔text Recall@K on a CSV of (image, caption) rows")
@@ -69,6 +71,8 @@ def _report(args: argparse.Namespace, report: dict[str, Any], lines: list[str]) 
     from cliplab.fileio import write_json
 
     print("\n".join(lines))
+    if args.json:
+        print(json.dumps(report))
     if args.output:
         write_json(args.output, report)
     return 0
@@ -84,7 +88,13 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     ds = _dataset(args.data, args, preprocess)
     templates = resolve_templates(args.templates)
-    classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
+    if args.load_classifier:
+        from cliplab.eval.zeroshot import load_classifier
+
+        saved = load_classifier(args.load_classifier)
+        classifier, templates = saved.weights.to(device), list(saved.templates)
+    else:
+        classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
     if args.save_classifier:
         save_classifier(args.save_classifier, classifier, ds.classnames, templates)
     result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device)

@@ -60,3 +60,15 @@ def test_user_mistake_is_one_line(setup, capsys):
                  "--classnames", "imagenet", "--device", "cpu"])
     assert code == 2
     assert capsys.readouterr().err.strip().endswith("1000 class names given for 2 classes")
+
+
+def test_json_last_line_and_saved_classifier(setup, capsys):
+    d = setup
+    base = ["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
+            "--device", "cpu", "--json"]
+    assert main([*base, "--templates", "simple", "--save-classifier", str(d / "k.safetensors")]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main([*base, "--load-classifier", str(d / "k.safetensors"), "--output-json", str(d / "k.json")]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["top1"] == first["top1"] and second["per_class"] == first["per_class"]
+    assert json.loads((d / "k.json").read_text())["top1"] == first["top1"]
