@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import cliplab
@@ -110,3 +111,30 @@ def test_interpolate(tmp_path):
     w = "visual.proj.weight"
     expected = 0.75 * a.state_dict()[w] + 0.25 * b.state_dict()[w]
     assert (m.state_dict()[w] - expected).abs().max() < 1e-6
+
+
+def _csv(folder, n=24):
+    folder.mkdir()
+    rows = ["filepath,title"]
+    for i in range(n):
+        Image.new("RGB", (36, 36), ((i * 37) % 256, (i * 91) % 256, 60)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,shade {i % 6}")
+    (folder / "d.csv").write_text("\n".join(rows) + "\n")
+    return folder / "d.csv"
+
+
+def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
+    data = _csv(tmp_path / "data")
+    base = tmp_path / "base"
+    assert main(["train", *COMMON, "--steps", "2", "--output", str(base)]) == 0
+    run = tmp_path / "ft"
+    assert main(["train", *COMMON, "--init-from", str(base), "--lock-image", "--precision", "bf16", "--data-format",
+                 "csv", "--train-data", str(data), "--val-data", str(data), "--steps", "4", "eval_every=2",
+                 "--output", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]
+    before, _, _ = cliplab.load(base)
+    after, _, _ = cliplab.load(run)
+    sd0, sd1 = before.state_dict(), after.state_dict()
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0 if k.startswith("visual."))  # locked tower unchanged
+    assert not torch.equal(sd0["text.proj.weight"], sd1["text.proj.weight"])

@@ -177,6 +177,10 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         write_json(run_dir / "config.json", {"train": to_dict(cfg), "world_size": world})
     log = _Log(run_dir / "metrics.jsonl", main, start)
     loss_fn = _loss_fn(cfg)
+    board = _tensorboard(run_dir) if cfg.tensorboard and main else None
+    hooks = list(eval_hooks)
+    if cfg.data.val_data:
+        hooks.append(_validation_hook(cfg, clip_cfg, tokenizer, device, loss_fn))
     global_batch = cfg.batch_size * cfg.accum_steps * world
     if main and progress:
         print(f"training {clip_cfg.name or 'model'} for {total} steps, global batch {global_batch} "
@@ -235,11 +239,18 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", T=f"{1 / scale:.4f}",
                         sps=f"{samples_seen / elapsed:.0f}")
         bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and eval_hooks and main:
+        if board is not None and (step % cfg.log_every == 0 or step == total):
+            for key, value in (("loss", stats["loss"]), ("lr", lr), ("logit_scale", scale)):
+                board.add_scalar(f"train/{key}", value, step)
+        if cfg.eval_every and step % cfg.eval_every == 0 and hooks and main:
             row = {"step": step}
-            for hook in eval_hooks:
+            for hook in hooks:
                 row.update(hook(unwrap(model), step))
             log.write(row)
+            if board is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, int | float):
+                        board.add_scalar(f"eval/{key}", value, step)
         if cfg.stop_after is not None and step >= cfg.stop_after:
             bar.close()
             return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
@@ -253,6 +264,45 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     if main:
         _finish(run_dir, log.history, bad_total, step, elapsed, progress)
     return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: TensorBoard logging needs the tensorboard package (pip install 'cliplab[train]'); skipped")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, device: torch.device,
+                     loss_fn: Callable, max_batches: int = 20) -> EvalHook:
+    """Mean contrastive loss on (up to ``max_batches`` batches of) ``data.val_data``, without augmentation."""
+    import dataclasses
+
+    from cliplab.data.loader import build_train_data
+    from cliplab.transforms import image_transform
+
+    val_cfg = dataclasses.replace(cfg.data, train_data=cfg.data.val_data, workers=0)
+    preprocess = image_transform(clip_cfg.preprocess, train=False)
+
+    @torch.no_grad()
+    def hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
+        data = build_train_data(val_cfg, preprocess, tokenizer, cfg.batch_size, seed=0,
+                                image_size=clip_cfg.model.vision.image_size)
+        n_batches = data.steps_per_epoch or max_batches
+        losses = []
+        model.eval()
+        for _ in range(min(max_batches, n_batches)):
+            batch = next(data.batches)
+            if len(batch) < 2:
+                continue
+            out = model(batch.images.to(device), batch.texts.to(device))
+            losses.append(float(loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)))
+        model.train()
+        return {"val_loss": sum(losses) / len(losses)} if losses else {}
+
+    return hook
 
 
 def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, seconds: float,

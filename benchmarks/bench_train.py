@@ -1,0 +1,107 @@
+"""Training throughput: cliplab vs transformers.CLIPModel(return_loss=True), same random init and batch.
+
+One process, interleaved; AdamW step included. Reports samples/s and model FLOP utilisation against
+this machine's measured fp32 / bf16 matmul peak. Usage: python benchmarks/bench_train.py [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def _peak(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    return 3 * 2 * n**3 / (time.perf_counter() - t)
+
+
+def _flops_per_sample(cfg) -> float:
+    """Forward + backward ≈ 3 × 2 × (parameters touched per token) × tokens, for both towers."""
+    v, t = cfg.vision, cfg.text
+    vit = 12 * v.width**2 * v.layers * (v.grid_size**2 + 1)
+    txt = 12 * t.width**2 * t.layers * 20  # ~20 tokens per caption after padding is trimmed
+    return 3 * 2 * (vit + txt)
+
+
+def main() -> None:
+    import transformers
+
+    from cliplab.api import load_model
+    from cliplab.loss import clip_loss
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch", type=int, default=128)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    hf_cfg = transformers.CLIPConfig(
+        projection_dim=256,
+        vision_config=dict(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=6,
+                           image_size=64, patch_size=8, hidden_act="gelu"),
+        text_config=dict(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=4,
+                         max_position_embeddings=32, hidden_act="gelu"))
+    hf = transformers.CLIPModel(hf_cfg)
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours, cfg, _ = load_model(d)
+    ours.train()
+    hf.train()
+    n = args.batch
+    images = torch.randn(n, 3, 64, 64)
+    ids = torch.zeros(n, 32, dtype=torch.long)
+    for i in range(n):
+        k = 8 + i % 12
+        ids[i, 0], ids[i, 1:k] = 49406, torch.randint(1, 49000, (k - 1,))
+        ids[i, k] = 49407
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+
+    def step_ours():
+        out = ours(images, ids)
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        opt_ours.zero_grad()
+        loss.backward()
+        opt_ours.step()
+
+    def step_hf():
+        loss = hf(input_ids=ids, pixel_values=images, return_loss=True).loss
+        opt_hf.zero_grad()
+        loss.backward()
+        opt_hf.step()
+
+    rows = []
+    for precision in ("fp32", "bf16"):
+        enabled = precision == "bf16"
+        times = {"cliplab": [], "hf": []}
+        for _ in range(args.steps + 1):
+            for name, fn in (("cliplab", step_ours), ("hf", step_hf)):
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                    fn()
+                times[name].append(time.perf_counter() - t)
+        peak = _peak(torch.bfloat16 if enabled else torch.float32)
+        row = {"precision": precision, "peak_gflops": round(peak / 1e9, 1)}
+        for name in times:
+            sec = statistics.median(times[name][1:])
+            row[f"{name}_samples_per_s"] = round(n / sec, 1)
+            row[f"{name}_mfu"] = round(_flops_per_sample(cfg.model) * n / sec / peak, 3)
+        row["speedup"] = round(row["cliplab_samples_per_s"] / row["hf_samples_per_s"], 2)
+        rows.append(row)
+    print(f"{'precision':<10}{'cliplab/s':>11}{'HF/s':>9}{'x':>6}{'MFU cliplab':>13}{'MFU HF':>8}")
+    for r in rows:
+        print(f"{r['precision']:<10}{r['cliplab_samples_per_s']:>11.1f}{r['hf_samples_per_s']:>9.1f}"
+              f"{r['speedup']:>6.2f}{r['cliplab_mfu']:>13.2f}{r['hf_mfu']:>8.2f}")
+    print(json.dumps({"bench": "train", "model": "ViT 256x6 @64px/8 + text 256x4", "batch": n, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
