@@ -39,6 +39,14 @@ def _view(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return buf[: rows * cols].view(rows, cols)  # (rows, cols)
 
 
+def _dot_sum(a: torch.Tensor, b: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``(a * b).sum()`` for (n, D) tensors without an (n, D) temporary."""
+    total = a.new_zeros(())
+    for rs in _tiles(a.shape[0], rows):
+        total += (a[rs] * b[rs]).sum()
+    return total
+
+
 def _lse_pass(q: torch.Tensor, k: torch.Tensor, s: float, chunk: int, cols: bool
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row (and column) log-sum-exps of ``s·q@kᵀ``, tile by tile: (n,) and (m,)."""
@@ -120,7 +128,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
         s = float(scale.detach())
         n = q.shape[0]
         row_lse, col_lse = _lse_pass(q, k, s, chunk, cols=symmetric)
-        pos = (q * k[offset : offset + n]).sum()  # Σ_i q_i·k_(i+offset), unscaled
+        pos = _dot_sum(q, k[offset : offset + n])  # Σ_i q_i·k_(i+offset), unscaled
         if symmetric:
             loss = (row_lse.sum() + col_lse.sum()) / (2 * n) - s * pos / n
         else:
@@ -138,7 +146,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
         w = 1.0 / (2 * n) if ctx.symmetric else 1.0 / n  # weight of each softmax entry
         gq.mul_(w)
         k_pos = k[off : off + n]  # (n, D) the positives; each pair's logit carries weight -1/n
-        g_scale = (q * gq).sum() - (q * k_pos).sum() / n
+        g_scale = _dot_sum(q, gq) - _dot_sum(q, k_pos) / n
         gq.sub_(k_pos, alpha=1.0 / n).mul_(s * grad_out)
         if gk is not None:
             gk.mul_(w)

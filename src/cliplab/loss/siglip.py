@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cliplab.loss.chunked import _tiles, _view
+from cliplab.loss.chunked import _dot_sum, _tiles, _view
 
 __all__ = ["chunked_siglip_loss", "siglip_loss"]
 
@@ -45,7 +45,7 @@ class _TiledSigLIP(torch.autograd.Function):
         buf = q.new_empty(min(chunk, n) * min(chunk, k.shape[0]))
         for _, _, logits in _tile_logits(q, k, s, b, chunk, buf):
             total += F.softplus(logits).sum()
-        pos = s * (q * k[offset : offset + n]).sum() + n * b  # Σ of the positives' logits
+        pos = s * _dot_sum(q, k[offset : offset + n]) + n * b  # Σ of the positives' logits
         ctx.save_for_backward(q, k, scale, bias)
         ctx.offset, ctx.chunk = offset, chunk
         return (total - pos) / n
@@ -63,7 +63,7 @@ class _TiledSigLIP(torch.autograd.Function):
             gq[rs].addmm_(g, k[cs])
             gk[cs].addmm_(g.T, q[rs])
         k_pos = k[off : off + n]  # (n, D)
-        g_scale = ((q * gq).sum() - (q * k_pos).sum()) / n
+        g_scale = (_dot_sum(q, gq) - _dot_sum(q, k_pos)) / n
         gq.sub_(k_pos).mul_(s / n * grad_out)
         gk[off : off + n].sub_(q)
         gk.mul_(s / n * grad_out)
