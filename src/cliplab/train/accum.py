@@ -35,8 +35,14 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _embed(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True)
+Embed = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _encoders(model: nn.Module) -> Embed:
+    def embed(images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True)
+
+    return embed
 
 
 def cached_accumulation_step(
@@ -46,6 +52,7 @@ def cached_accumulation_step(
     *,
     max_logit_scale: float = 100.0,
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    embed: Embed | None = None,
 ) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of ``loss_fn`` over all micro-batches at once; return the loss.
 
@@ -56,16 +63,25 @@ def cached_accumulation_step(
         loss_fn: ``(image_emb, text_emb, scale, bias) -> loss`` on the concatenated embeddings (float32).
         max_logit_scale: cap of the multiplier ``exp(logit_scale)``.
         amp: factory of the autocast context used around the encoders.
+        embed: ``(images, tokens) -> (image_emb, text_emb)`` normalised; default: the model's encoders. Under
+            DDP pass one that calls the wrapper's ``forward`` (DDP only synchronises gradients of graphs built
+            through it); ``logit_scale``/``logit_bias`` are then read from ``model.module``, and all but the
+            last micro-batch run under ``model.no_sync()``.
     """
     if not micro_batches:
         raise ValueError("cached_accumulation_step needs at least one micro-batch")
-    device = model.logit_scale.device
+    core = getattr(model, "module", model)  # the model inside a DDP wrapper
+    if embed is None:
+        if core is not model:
+            raise ValueError("under DDP pass embed= calling the wrapper's forward, or gradients are not synchronised")
+        embed = _encoders(model)
+    device = core.logit_scale.device
     states, img_parts, txt_parts = [], [], []
     with torch.no_grad():  # 1. embeddings without a graph, remembering each micro-batch's random state
         for images, texts in micro_batches:
             states.append(_rng_state(device))
             with amp():
-                img, txt = _embed(model, images, texts)
+                img, txt = embed(images, texts)
             img_parts.append(img.float())
             txt_parts.append(txt.float())
     after = _rng_state(device)
@@ -73,30 +89,40 @@ def cached_accumulation_step(
     # 2. the loss on the whole batch and its gradient w.r.t. the embeddings and the temperature / bias
     img = torch.cat(img_parts).requires_grad_()  # (N, D)
     txt = torch.cat(txt_parts).requires_grad_()  # (N, D)
-    bias_param = getattr(model, "logit_bias", None)
-    scale = model.logit_scale.detach().float().exp().clamp(max=max_logit_scale).requires_grad_()
+    bias_param = getattr(core, "logit_bias", None)
+    scale = core.logit_scale.detach().float().exp().clamp(max=max_logit_scale).requires_grad_()
     bias = None if bias_param is None else bias_param.detach().float().requires_grad_()
     leaves = [img, txt, scale] + ([bias] if bias is not None else [])
     loss = loss_fn(img, txt, scale, bias)
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     g_img, g_txt = (torch.zeros_like(t) if g is None else g for t, g in zip((img, txt), grads[:2], strict=True))
 
-    # 3. re-embed with a graph (same random state) and push the cached gradients through the encoders
-    start = 0
-    for (images, texts), state in zip(micro_batches, states, strict=True):
+    # 3. re-embed with a graph (same random state) and push the cached gradients through the encoders; the
+    # temperature and bias ride along with the last micro-batch (one synchronised backward under DDP)
+    start, last = 0, len(micro_batches) - 1
+    for k, ((images, texts), state) in enumerate(zip(micro_batches, states, strict=True)):
         _set_rng_state(state, device)
-        with amp():
-            part_img, part_txt = _embed(model, images, texts)
-        n = part_img.shape[0]
-        surrogate = (part_img.float() * g_img[start : start + n]).sum() \
-            + (part_txt.float() * g_txt[start : start + n]).sum()
-        surrogate.backward()
+        sync = model.no_sync() if k < last and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with amp():
+                part_img, part_txt = embed(images, texts)
+            n = part_img.shape[0]
+            surrogate = (part_img.float() * g_img[start : start + n]).sum() \
+                + (part_txt.float() * g_txt[start : start + n]).sum()
+            if k == last:
+                surrogate = surrogate + _temperature_surrogate(core, grads, max_logit_scale)
+            surrogate.backward()
         start += n
     _set_rng_state(after, device)
-    tails = [(model.logit_scale.float().exp().clamp(max=max_logit_scale), grads[2])]
-    if bias is not None:
-        tails.append((bias_param.float(), grads[3]))
-    surrogate = sum((t * g).sum() for t, g in tails if g is not None and t.requires_grad)
-    if isinstance(surrogate, torch.Tensor):
-        surrogate.backward()
     return loss.detach()
+
+
+def _temperature_surrogate(core: nn.Module, grads: Sequence[torch.Tensor | None], max_scale: float) -> torch.Tensor:
+    """``scale·g_scale (+ bias·g_bias)``: its backward gives the log-scale (through exp and the cap) and bias."""
+    total = torch.zeros((), device=core.logit_scale.device)
+    if grads[2] is not None and core.logit_scale.requires_grad:
+        total = total + core.logit_scale.float().exp().clamp(max=max_scale) * grads[2]
+    bias = getattr(core, "logit_bias", None)
+    if len(grads) > 3 and grads[3] is not None and bias is not None and bias.requires_grad:
+        total = total + bias.float() * grads[3]
+    return total

@@ -137,3 +137,30 @@ def test_real_model_equals_full_batch():
     texts[:, 1:5] = torch.randint(1, 49000, (6, 4), generator=g)
     _check(model, clip_loss, _split(images, texts, [4, 2]), images, texts)
     assert model.logit_scale.grad.abs() > 0
+
+
+class _Wrapper(nn.Module):
+    """Stands in for DDP: the model sits in ``.module`` and only ``forward`` is the wrapper's."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+        self.calls = 0
+
+    def forward(self, images, texts):
+        self.calls += 1
+        return self.module.encode_image(images, normalize=True), self.module.encode_text(texts, normalize=True)
+
+
+def test_wrapped_model_uses_embed_and_reads_temperature_from_module():
+    torch.manual_seed(0)
+    model = ToyCLIP(bias=-3.0)
+    images, texts = _batch(10)
+    _, ref = _full_batch_grads(model, images, texts, siglip_loss)
+    wrapper = _Wrapper(model)
+    with pytest.raises(ValueError, match="embed="):
+        cached_accumulation_step(wrapper, _split(images, texts, [5, 5]), siglip_loss)
+    cached_accumulation_step(wrapper, _split(images, texts, [6, 4]), siglip_loss, embed=wrapper)
+    assert wrapper.calls == 4  # two micro-batches, embedded twice each
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-6)
