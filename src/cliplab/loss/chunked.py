@@ -127,7 +127,8 @@ class _TiledCrossEntropy(torch.autograd.Function):
                 offset: int, symmetric: bool, chunk: int) -> torch.Tensor:
         s = float(scale.detach())
         n = q.shape[0]
-        row_lse, col_lse = _lse_pass(q, k, s, chunk, cols=symmetric)
+        with torch.autocast(q.device.type, enabled=False):  # the tiles stay in the inputs' precision
+            row_lse, col_lse = _lse_pass(q, k, s, chunk, cols=symmetric)
         pos = _dot_sum(q, k[offset : offset + n])  # Σ_i q_i·k_(i+offset), unscaled
         if symmetric:
             loss = (row_lse.sum() + col_lse.sum()) / (2 * n) - s * pos / n
@@ -142,7 +143,8 @@ class _TiledCrossEntropy(torch.autograd.Function):
         q, k, scale, row_lse, col_lse = ctx.saved_tensors
         s, n, off = float(scale.detach()), q.shape[0], ctx.offset
         need_k = ctx.needs_input_grad[1]
-        gq, gk = _grad_pass(q, k, s, row_lse, col_lse if ctx.symmetric else None, ctx.chunk, need_k)
+        with torch.autocast(q.device.type, enabled=False):
+            gq, gk = _grad_pass(q, k, s, row_lse, col_lse if ctx.symmetric else None, ctx.chunk, need_k)
         w = 1.0 / (2 * n) if ctx.symmetric else 1.0 / n  # weight of each softmax entry
         gq.mul_(w)
         k_pos = k[off : off + n]  # (n, D) the positives; each pair's logit carries weight -1/n
@@ -156,8 +158,11 @@ class _TiledCrossEntropy(torch.autograd.Function):
         return gq, gk, (g_scale * grad_out).to(scale.dtype).reshape(scale.shape), g_bias, None, None, None
 
 
-def _prepare(emb: torch.Tensor) -> torch.Tensor:
-    return (emb if emb.dtype in (torch.float32, torch.float64) else emb.float()).contiguous()
+def _prepare(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both in one float dtype (float32 unless float64), contiguous."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return a.to(dtype).contiguous(), b.to(dtype).contiguous()
 
 
 def _scale_like(logit_scale: torch.Tensor | float, ref: torch.Tensor) -> torch.Tensor:
@@ -178,7 +183,7 @@ def chunked_clip_loss(
     if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
         raise ValueError(f"expected two (N, D) embeddings of one shape, got {tuple(image_emb.shape)} "
                          f"and {tuple(text_emb.shape)}")
-    img, txt = _prepare(image_emb), _prepare(text_emb.to(image_emb.dtype))
+    img, txt = _prepare(image_emb, text_emb)
     scale = _scale_like(logit_scale, img)
     return _TiledCrossEntropy.apply(img, txt, scale, logit_bias, 0, True, max(1, int(chunk_size)))
 
@@ -198,6 +203,6 @@ def chunked_cross_entropy(
         raise ValueError(f"expected (n, D) and (m, D), got {tuple(queries.shape)} and {tuple(keys.shape)}")
     if not 0 <= offset <= keys.shape[0] - queries.shape[0]:
         raise ValueError(f"offset {offset} puts labels outside the {keys.shape[0]} keys")
-    q, k = _prepare(queries), _prepare(keys.to(queries.dtype))
+    q, k = _prepare(queries, keys)
     scale = _scale_like(logit_scale, q)
     return _TiledCrossEntropy.apply(q, k, scale, None, int(offset), False, max(1, int(chunk_size)))

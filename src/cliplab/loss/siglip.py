@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cliplab.loss.chunked import _dot_sum, _tiles, _view
+from cliplab.loss.chunked import _dot_sum, _prepare, _tiles, _view
 
 __all__ = ["chunked_siglip_loss", "siglip_loss"]
 
@@ -43,8 +43,9 @@ class _TiledSigLIP(torch.autograd.Function):
         s, b, n = float(scale.detach()), bias.to(q.dtype), q.shape[0]
         total = q.new_zeros(())
         buf = q.new_empty(min(chunk, n) * min(chunk, k.shape[0]))
-        for _, _, logits in _tile_logits(q, k, s, b, chunk, buf):
-            total += F.softplus(logits).sum()
+        with torch.autocast(q.device.type, enabled=False):
+            for _, _, logits in _tile_logits(q, k, s, b, chunk, buf):
+                total += F.softplus(logits).sum()
         pos = s * _dot_sum(q, k[offset : offset + n]) + n * b  # Σ of the positives' logits
         ctx.save_for_backward(q, k, scale, bias)
         ctx.offset, ctx.chunk = offset, chunk
@@ -57,11 +58,12 @@ class _TiledSigLIP(torch.autograd.Function):
         gq, gk = torch.zeros_like(q), torch.zeros_like(k)
         g_bias = q.new_zeros(())
         buf = q.new_empty(min(ctx.chunk, n) * min(ctx.chunk, k.shape[0]))
-        for rs, cs, logits in _tile_logits(q, k, s, b, ctx.chunk, buf):
-            g = logits.sigmoid_()  # (r, c) ∂/∂l of softplus(l)
-            g_bias += g.sum()
-            gq[rs].addmm_(g, k[cs])
-            gk[cs].addmm_(g.T, q[rs])
+        with torch.autocast(q.device.type, enabled=False):
+            for rs, cs, logits in _tile_logits(q, k, s, b, ctx.chunk, buf):
+                g = logits.sigmoid_()  # (r, c) ∂/∂l of softplus(l)
+                g_bias += g.sum()
+                gq[rs].addmm_(g, k[cs])
+                gk[cs].addmm_(g.T, q[rs])
         k_pos = k[off : off + n]  # (n, D)
         g_scale = (_dot_sum(q, gq) - _dot_sum(q, k_pos)) / n
         gq.sub_(k_pos).mul_(s / n * grad_out)
@@ -96,8 +98,7 @@ def chunked_siglip_loss(
     if image_emb.ndim != 2 or text_emb.ndim != 2 or not 0 <= offset <= m - n:
         raise ValueError(f"bad shapes for SigLIP: images {tuple(image_emb.shape)}, texts {tuple(text_emb.shape)}, "
                          f"offset {offset}")
-    q = (image_emb if image_emb.dtype in (torch.float32, torch.float64) else image_emb.float()).contiguous()
-    k = text_emb.to(q.dtype).contiguous()
+    q, k = _prepare(image_emb, text_emb)
     scale = torch.as_tensor(logit_scale, dtype=q.dtype, device=q.device)
     bias = torch.as_tensor(logit_bias, dtype=q.dtype, device=q.device)
     return _TiledSigLIP.apply(q, k, scale, bias, int(offset), max(1, int(chunk_size)))

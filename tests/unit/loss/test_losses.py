@@ -191,3 +191,15 @@ def test_chunked_clip_at_16384_dim_512():
     args = list(_inputs(16384, d=512, seed=3, scale=100.0)[:3])
     _close(_value_and_grads(lambda *a: chunked_clip_loss(*a, chunk_size=4096), args),
            _value_and_grads(naive_clip, args))
+
+
+def test_tiled_losses_ignore_autocast_and_accept_bf16():
+    img, txt, scale, bias = _inputs(19, seed=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = [chunked_clip_loss(img, txt, scale, chunk_size=5),
+                chunked_siglip_loss(img, txt, scale, bias, chunk_size=5)]
+    _close(ours, [naive_clip(img, txt, scale), naive_siglip(img, txt, scale, bias)])
+    low = chunked_clip_loss(img.detach().bfloat16(), txt.detach().bfloat16(), scale, chunk_size=5)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, naive_clip(img.detach().bfloat16().float(), txt.detach().bfloat16().float(),
+                                               scale), rtol=1e-5, atol=1e-5)
