@@ -138,3 +138,15 @@ def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     sd0, sd1 = before.state_dict(), after.state_dict()
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0 if k.startswith("visual."))  # locked tower unchanged
     assert not torch.equal(sd0["text.proj.weight"], sd1["text.proj.weight"])
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    """--accum-steps 4 with the same global batch gives the same run as one batch (gradient caching)."""
+    runs = {}
+    for name, batch, accum in (("one", "64", "1"), ("four", "16", "4")):
+        out = tmp_path / name
+        assert main(["train", *COMMON, "--steps", "3", "--batch-size", batch, "--accum-steps", accum,
+                     "--output", str(out)]) == 0
+        runs[name] = _losses(out)
+    for a, b in zip(runs["one"], runs["four"], strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))

@@ -1,20 +1,20 @@
 """One optimisation step: forward, loss, backward (optionally gradient-cached over micro-batches), clip, update.
 
-The step computes; the loop (``loop.py``) schedules, logs, evaluates and checkpoints.
+The step computes; the loop (``loop.py``) schedules, logs, evaluates and checkpoints. Accumulation over
+micro-batches keeps every negative (``accum.py``: gradient caching).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 from cliplab.errors import CliplabError
 
-__all__ = ["LossFn", "autocast", "cached_accumulation_step", "train_step", "unwrap"]
+__all__ = ["LossFn", "autocast", "train_step", "unwrap"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -34,44 +34,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def cached_accumulation_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-                             loss_fn: LossFn, amp: Callable[[], Any] = contextlib.nullcontext) -> torch.Tensor:
-    """GradCache: the gradient of one contrastive batch of all micro-batches together, in the memory of one.
-
-    1. embed every micro-batch without a graph; 2. compute the loss on all embeddings and its gradient with
-    respect to them (and to the temperature/bias); 3. re-embed each micro-batch with a graph and push the
-    cached gradient through it. Calls ``backward`` itself; returns the (detached) loss.
-    """
-    with torch.no_grad(), amp():
-        outs = [model(images, texts) for images, texts in micro_batches]
-    img = torch.cat([o.image_embeds for o in outs]).float().requires_grad_()
-    txt = torch.cat([o.text_embeds for o in outs]).float().requires_grad_()
-    scale = outs[0].logit_scale.detach().float().requires_grad_()
-    bias = None if outs[0].logit_bias is None else outs[0].logit_bias.detach().float().requires_grad_()
-    loss = loss_fn(img, txt, scale, bias)
-    leaves = [img, txt, scale] + ([bias] if bias is not None else [])
-    grads = torch.autograd.grad(loss, leaves)
-    g_img, g_txt, g_scale = grads[0], grads[1], grads[2]
-    g_bias = grads[3] if bias is not None else None
-    start = 0
-    for k, (images, texts) in enumerate(micro_batches):
-        n = images.shape[0]
-        sync = contextlib.nullcontext() if k == len(micro_batches) - 1 or not hasattr(model, "no_sync") \
-            else model.no_sync()
-        with sync:
-            with amp():
-                out = model(images, texts)
-            surrogate = (out.image_embeds.float() * g_img[start : start + n]).sum() \
-                + (out.text_embeds.float() * g_txt[start : start + n]).sum()
-            if k == 0:  # the temperature's gradient, once
-                surrogate = surrogate + out.logit_scale.float() * g_scale
-                if g_bias is not None:
-                    surrogate = surrogate + out.logit_bias.float() * g_bias
-            surrogate.backward()
-        start += n
-    return loss.detach()
-
-
 def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, optimizer: torch.optim.Optimizer,
                loss_fn: LossFn, *, accum_steps: int = 1, device: torch.device, precision: str = "fp32",
                scaler: torch.amp.GradScaler | None = None, grad_clip_norm: float | None = None) -> dict[str, float]:
@@ -83,8 +45,15 @@ def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, opti
         return autocast(device, precision)
 
     if accum_steps > 1:
+        from cliplab.train.accum import cached_accumulation_step
+
+        def embed(i: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = model(i, t)  # through the (DDP) wrapper's forward, so gradients are synchronised
+            return out.image_embeds, out.text_embeds
+
         micro = list(zip(images.chunk(accum_steps), texts.chunk(accum_steps), strict=True))
-        loss = cached_accumulation_step(model, micro, loss_fn, amp)
+        loss = cached_accumulation_step(model, micro, loss_fn, amp=amp, embed=embed,
+                                        max_logit_scale=unwrap(model).cfg.max_logit_scale)
     else:
         with amp():
             out = model(images, texts)

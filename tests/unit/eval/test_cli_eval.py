@@ -48,7 +48,7 @@ def test_retrieval_and_linear_probe(setup, capsys):
                  "--ks", "1", "2", "--output", str(d / "r.json"), "--device", "cpu"]) == 0
     report = json.loads((d / "r.json").read_text())
     assert report["num_images"] == 2 and report["num_texts"] == 3
-    assert report["image_to_text_R@2"] == 1.0  # two images: everything is within rank 2
+    assert report["text_to_image_R@2"] == 1.0  # two images: every caption finds its image within rank 2
     assert main(["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--train", str(d / "data"),
                  "--test", str(d / "data"), "--shots", "1", "--seeds", "0", "1", "--device", "cpu"]) == 0
     assert "1-shot" in capsys.readouterr().out
