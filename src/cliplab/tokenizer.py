@@ -4,7 +4,8 @@ Same ids as OpenAI's ``simple_tokenizer``: ftfy fix, double HTML unescape, white
 lower-case; OpenAI's regex pre-tokenisation; bytes mapped to printable characters; BPE with an ``</w>``
 end-of-word suffix; ``<start_of_text>`` 49406 and ``<end_of_text>`` 49407; zero padding to the context.
 The cleaning and pre-tokenisation run in Python (ftfy skipped where it provably changes nothing); each
-distinct word goes through the Rust BPE once and is cached.
+distinct whitespace-separated chunk is pre-tokenised and BPE-encoded (in Rust) once and cached, so a
+batch costs a join, a split and a few numpy gathers.
 
 :func:`train_bpe` learns a small vocabulary with the same cleaning and pre-tokenisation, for models
 trained from scratch on a narrow caption corpus.
@@ -17,7 +18,9 @@ import gzip
 import html
 import os
 import re
-from collections.abc import Iterable, Sequence
+import threading
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -37,22 +40,62 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 # OpenAI's pre-tokenisation pattern (without its special-token alternatives, which are added tokens here).
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _WS = re.compile(r"\s+")
-# ASCII text with none of these needs no ftfy: no HTML entity to unescape, no control character to drop.
-_FTFY_NEEDED = re.compile(r"[^\t\n\r\x20-\x7e]|&")
+# Printable ASCII without '&' (plus tab and line breaks) needs no ftfy and no HTML unescaping.
+_PLAIN_BYTES = bytes(range(0x20, 0x7F)).replace(b"&", b"") + b"\t\n\r"
+_SEP = "\x00"  # the chunk that ends each text in a joined batch
+_JOIN = " " + _SEP + " "
 _SPECIAL = r"<\|startoftext\|>|<\|endoftext\|>|"
 _WORDS = regex.compile(_SPECIAL + PATTERN, regex.IGNORECASE)
-# the same pattern for lower-cased printable ASCII: \p{L} is [a-z] there and \p{N} is [0-9]
-_ASCII_WORDS = re.compile(_SPECIAL + r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+""")
+
+
+def _is_plain(text: str) -> bool:
+    """True for text made only of _PLAIN_BYTES (checked at C speed)."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN_BYTES)
 
 
 class TokenizerError(CliplabError):
     """Text that cannot be tokenised as asked (too long, empty batch)."""
 
 
+@functools.lru_cache(maxsize=1)
+def _ftfy_noop_test() -> Callable[[str], bool]:
+    """A cheap test that ``ftfy.fix_text(text)`` would return ``text`` unchanged (True is exact; False: run it).
+
+    With its default settings fix_text changes a text only through HTML entities ('&'), mojibake (which it
+    only attempts where ``badness.is_bad`` finds some — never without one of the characters its pattern
+    names), the characters its fixers map (C1 controls,
+    ligatures, character width, curly quotes, line breaks, surrogates, terminal escapes, control
+    characters) and NFC normalisation; it also works per line, so texts with '\n' take the full path.
+    """
+    from ftfy import badness, chardata
+
+    cps = set(chardata.LIGATURES) | set(chardata.WIDTH_MAP) | set(chardata.CONTROL_CHARS)
+    cps |= {*range(0x80, 0xA0), 0x02BC, *range(0x2018, 0x2020), 0x2028, 0x2029, *range(0xD800, 0xE000)}
+    cps |= {ord(c) for c in "&\n\r\x1b"}
+    ranges, run = [], [min(cps), min(cps)]
+    for cp in sorted(cps)[1:]:
+        if cp == run[1] + 1:
+            run[1] = cp
+        else:
+            ranges.append(run)
+            run = [cp, cp]
+    ranges.append(run)
+    touched = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]")
+    # every alternative of ftfy's mojibake pattern needs one of its category characters or non-ASCII literals
+    literals = sorted({c for c in badness.BADNESS_RE.pattern if not c.isascii()})
+    suspect = re.compile("[" + "".join(badness.MOJIBAKE_CATEGORIES.values()) + "".join(literals) + "]")
+
+    def is_noop(text: str) -> bool:
+        return (len(text) < 100_000 and touched.search(text) is None and unicodedata.is_normalized("NFC", text)
+                and (suspect.search(text) is None or not badness.is_bad(text)))
+
+    return is_noop
+
+
 @functools.lru_cache(maxsize=65536)
 def clean_text(text: str) -> str:
     """OpenAI's cleaning: ftfy, HTML unescape twice, collapse whitespace, lower-case."""
-    if _FTFY_NEEDED.search(text):
+    if not _is_plain(text) and not _ftfy_noop_test()(text):
         import ftfy
 
         text = ftfy.fix_text(text)
@@ -71,6 +114,9 @@ def _bytes_to_unicode() -> dict[int, str]:
             chars.append(256 + n)
             n += 1
     return dict(zip(keep, map(chr, chars), strict=True))
+
+
+_BYTE_CHARS = {b: c for b, c in _bytes_to_unicode().items()}  # str.translate table: byte -> BPE character
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -97,9 +143,13 @@ def _openai_backend() -> _RustTokenizer:
 class Tokenizer:
     """``tokenizer(texts) -> LongTensor (N, context_length)``; see the module docstring.
 
-    Words are pre-tokenised with OpenAI's pattern (a plain-ASCII twin of it for the texts that need no
-    ftfy), and each distinct word is run through the BPE once and cached: captions reuse few words.
+    OpenAI's pattern never matches whitespace, so a text's tokens are the concatenation of the tokens of
+    its whitespace-separated chunks. A batch is therefore cleaned, joined and split once; each distinct
+    chunk is pre-tokenised and run through the BPE once, and kept in a table of token ids (chunk ->
+    start, length in one id array), so the rest of the batch is a handful of numpy gathers.
     """
+
+    _MAX_CHUNKS = 1_000_000  # the chunk table starts afresh beyond this
 
     def __init__(self, backend: _RustTokenizer, context_length: int = 77) -> None:
         self.backend = backend
@@ -110,6 +160,15 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer vocabulary lacks {SOT} or {EOT}")
         self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
         self._words: dict[str, list[int]] = {SOT: [self.sot_token_id], EOT: [self.eot_token_id]}
+        self._lock = threading.Lock()
+        self._reset_chunks()
+
+    def _reset_chunks(self) -> None:
+        self._chunk_index: dict[str, int] = {_SEP: 0}  # chunk 0 ends a text and has no tokens
+        self._chunk_start = np.zeros(1024, np.int64)
+        self._chunk_len = np.zeros(1024, np.int64)
+        self._ids = np.zeros(4096, np.int64)
+        self._n_ids = 0
 
     @property
     def vocab_size(self) -> int:
@@ -117,23 +176,65 @@ class Tokenizer:
 
     def _word_ids(self, word: str) -> list[int]:
         ids = self._words.get(word)
-        if ids is None:
-            ids = self.backend.encode(word, add_special_tokens=False).ids
-            if len(self._words) < 1_000_000:
+        if ids is None:  # the word is pre-tokenised already: map its bytes and run the BPE model alone
+            chars = word.encode("utf-8").decode("latin-1").translate(_BYTE_CHARS)
+            ids = [t.id for t in self.backend.model.tokenize(chars)]
+            if len(self._words) < self._MAX_CHUNKS:
                 self._words[word] = ids
         return ids
 
+    def _add_chunks(self, chunks: Iterable[str]) -> None:
+        """Pre-tokenise and BPE-encode new chunks into the table."""
+        new = [c for c in chunks if c not in self._chunk_index]
+        if len(self._chunk_index) + len(new) > self._MAX_CHUNKS:
+            self._reset_chunks()
+        for chunk in new:
+            ids = [i for w in _WORDS.findall(chunk) for i in self._word_ids(w)]
+            k, n = len(self._chunk_index), self._n_ids
+            if k >= len(self._chunk_start):
+                self._chunk_start = np.resize(self._chunk_start, 2 * k)
+                self._chunk_len = np.resize(self._chunk_len, 2 * k)
+            if n + len(ids) > len(self._ids):
+                self._ids = np.resize(self._ids, 2 * (n + len(ids)))
+            self._ids[n : n + len(ids)] = ids
+            self._chunk_start[k], self._chunk_len[k] = n, len(ids)
+            self._chunk_index[chunk] = k
+            self._n_ids = n + len(ids)
+
+    def _clean_join(self, texts: Sequence[str]) -> str:
+        """All texts cleaned and lower-cased, each followed by a separator chunk."""
+        if _is_plain("\n".join(texts)):  # printable ASCII without '&': cleaning is only lower-casing
+            cleaned: Sequence[str] = texts
+        else:  # ftfy and HTML unescaping remove NUL, so the separator cannot come from a text
+            cleaned = [t if _is_plain(t) else clean_text(t) for t in texts]
+        return (_JOIN.join(cleaned) + _JOIN).lower()
+
+    def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of all texts back to back (T,) and each text's token count (N,)."""
+        chunks = self._clean_join(texts).split()  # (C,) whitespace-separated chunks
+        with self._lock:
+            try:
+                idx = np.fromiter(map(self._chunk_index.__getitem__, chunks), np.int64, count=len(chunks))
+            except KeyError:
+                self._add_chunks(dict.fromkeys(chunks))
+                idx = np.fromiter(map(self._chunk_index.__getitem__, chunks), np.int64, count=len(chunks))
+            chunk_len = self._chunk_len[idx]  # (C,) tokens per chunk
+            cum = np.cumsum(chunk_len)  # (C,) tokens up to and including each chunk
+            total = int(cum[-1])
+            # token j of chunk c sits at _ids[start[c] + j]; output position of that token is cum[c] - len[c] + j
+            gather = np.repeat(self._chunk_start[idx] - (cum - chunk_len), chunk_len) + np.arange(total)
+            flat = self._ids[gather]  # (T,)
+        ends = cum[idx == 0]  # (N,) tokens through the end of each text
+        lens = np.diff(ends, prepend=0)  # (N,)
+        return flat, lens
+
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens."""
-        if _FTFY_NEEDED.search(text) is None:  # printable ASCII without '&': cleaning is collapse + lower
-            words = _ASCII_WORDS.findall(" ".join(text.split()).lower())
-        else:
-            words = _WORDS.findall(clean_text(text))
-        word_ids = self._word_ids
-        return [i for w in words for i in word_ids(w)]
+        return self._encode_flat([text])[0].tolist()
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
+        flat, lens = self._encode_flat(texts)
+        return [a.tolist() for a in np.split(flat, np.cumsum(lens)[:-1])]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; start, end and padding tokens are skipped."""
@@ -151,21 +252,24 @@ class Tokenizer:
         if len(texts) == 0:
             raise TokenizerError("nothing to tokenize: the list of texts is empty")
         n_ctx = context_length or self.context_length
-        out = np.zeros((len(texts), n_ctx), dtype=np.int64)  # (N, L), zero padding
-        sot, eot = self.sot_token_id, self.eot_token_id
-        for row, text in enumerate(texts):
-            ids = self.encode(text)
-            if len(ids) + 2 > n_ctx:
-                if not truncate:
-                    short = text if len(text) <= 60 else text[:57] + "..."
-                    raise TokenizerError(
-                        f"text {short!r} has {len(ids) + 2} tokens, more than the context length {n_ctx} "
-                        "(pass truncate=True to cut it)"
-                    )
-                ids = ids[: n_ctx - 2]
-            out[row, 0] = sot
-            out[row, 1 : len(ids) + 1] = ids
-            out[row, len(ids) + 1] = eot
+        flat, lens = self._encode_flat(texts)
+        if not truncate and int(lens.max()) + 2 > n_ctx:
+            row = int(np.argmax(lens + 2 > n_ctx))
+            text = texts[row]
+            short = text if len(text) <= 60 else text[:57] + "..."
+            raise TokenizerError(
+                f"text {short!r} has {int(lens[row]) + 2} tokens, more than the context length {n_ctx} "
+                "(pass truncate=True to cut it)"
+            )
+        n = len(texts)
+        kept = np.minimum(lens, n_ctx - 2)  # (N,) content tokens that fit between start and end
+        first = np.cumsum(lens) - lens  # (N,) offset of each text in flat
+        rows = np.repeat(np.arange(n), kept)  # (K,)
+        cols = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)  # (K,) position in text
+        out = np.zeros((n, n_ctx), dtype=np.int64)  # (N, L), zero padding
+        out[:, 0] = self.sot_token_id
+        out[rows, cols + 1] = flat[np.repeat(first, kept) + cols]
+        out[np.arange(n), kept + 1] = self.eot_token_id
         return torch.from_numpy(out)
 
 

@@ -65,6 +65,60 @@ def test_batch_identical_with_truncation(ref, tok):
     assert torch.equal(tok(texts, truncate=True), _reference_batch(ref, texts))
 
 
+def _fuzz_text(rng: random.Random) -> str:
+    """A text mixing every kind of character the chunked batch path must get right."""
+    pieces = [
+        lambda: rng.choice(["a", "Photo", "don't", "3.5", "x,y", "<|endoftext|>", "<|startoftext|>x", "'s", "&amp;",
+                            "&#0;", "&lt;b&gt;", "ΣΊΣΥΦΟΣ", "İ", "ﬁ", "“q”", "cafÃ©", "e\u0301"]),
+        lambda: rng.choice([" ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0",
+                            "\u3000", "\u2028", "\x00", " \x00 ", "\x07"]),
+        lambda: chr(rng.randrange(0x20, 0x7F)),
+        lambda: chr(rng.choice([rng.randrange(0x80, 0x3000), rng.randrange(0x3000, 0xD800),
+                                rng.randrange(0xE000, 0x30000)])),
+    ]
+    return "".join(rng.choice(pieces)() for _ in range(rng.randint(0, 25)))
+
+
+def test_batch_fuzz_identical(ref, tok):
+    """Random texts over whitespace kinds, controls, specials, entities and all planes: ids identical,
+    whether a text is tokenised alone or inside a batch of mixed plain and non-plain texts."""
+    rng = random.Random(1)
+    texts = [_fuzz_text(rng) for _ in range(1500)]
+    expected = _reference_batch(ref, texts)
+    assert torch.equal(get_tokenizer()(texts, truncate=True), expected)
+    for i in range(0, 1500, 97):
+        assert tok.encode(texts[i]) == ref.encode(texts[i]), repr(texts[i])
+    plain = [t for t in texts if t.isascii() and "&" not in t and not any(ord(c) < 32 for c in t)]
+    assert torch.equal(tok(plain, truncate=True), _reference_batch(ref, plain))
+
+
+def test_ftfy_shortcut_is_exact():
+    """Where the cheap test says ftfy would change nothing, ftfy indeed changes nothing."""
+    import ftfy
+
+    from cliplab.tokenizer import _ftfy_noop_test
+
+    rng = random.Random(2)
+    texts = [_fuzz_text(rng) for _ in range(20000)] + CORPUS
+    texts += ["".join(chr(rng.randrange(0x80, 0x2100)) for _ in range(8)) for _ in range(5000)]
+    for enc in ("latin-1", "cp1252", "mac_roman", "cp1251", "cp1253", "cp1257"):  # mojibake of every kind
+        texts += [t.encode("utf-8").decode(enc, errors="replace") for t in texts[20000:21000]]
+    noop = _ftfy_noop_test()
+    taken = [t for t in texts if noop(t)]
+    assert len(taken) > 5000  # the shortcut is really used
+    assert [t for t in taken if ftfy.fix_text(t) != t] == []
+    assert any(t != ftfy.fix_text(t) for t in texts[25000:])  # the mojibake cases do reach ftfy
+
+
+def test_chunk_table_restarts_when_full(ref):
+    small = get_tokenizer()
+    small._MAX_CHUNKS = 50
+    texts = [f"word{i} other{i}." for i in range(200)]
+    for start in range(0, 200, 40):
+        batch = texts[start : start + 40]
+        assert torch.equal(small(batch), _reference_batch(ref, batch))
+
+
 def test_special_ids_and_padding(tok):
     ids = tok(["a cat", ""])
     assert ids.shape == (2, 77) and ids.dtype == torch.long
