@@ -10,7 +10,8 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed images (folder, CSV or shards) into a resumable embedding store")
     p.add_argument("--checkpoint", required=True, help="anything cliplab.load accepts")
-    p.add_argument("--images", required=True, help="image folder or CSV")
+    p.add_argument("--images", required=True,
+                   help="image folder, CSV, or WebDataset shards (a .tar or a pattern like 'shards/{0000..0009}.tar')")
     p.add_argument("--output", required=True, help="embedding store folder (created, or resumed)")
     p.add_argument("--texts", help="also embed texts: a .txt file (one per line) or a CSV (--csv-caption-key)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model, cfg, root = load_model(args.checkpoint, device=device)
     store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype,
-                                          model_id=str(args.checkpoint))
+                                          model_id=str(args.checkpoint), rank=rank)
     items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
     report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
                               workers=args.workers, precision=args.precision, part_size=args.part_size,

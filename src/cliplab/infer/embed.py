@@ -1,14 +1,20 @@
 """Embedding images and texts with a model, one batch at a time or a whole collection into a store.
 
-A collection run is resumable: items already in the store (by path) are skipped, parts are written
-atomically, and unreadable images are skipped, listed and counted — never fatal. Under ``torchrun`` each
-rank embeds its own share (``items[rank::world_size]``) into rank-named parts of the same store.
+A collection is an image folder, a CSV, or WebDataset tar shards (``shards/{0000..0009}.tar``); an image
+inside a shard is named ``SHARD.tar#MEMBER``. A collection run is resumable: items already in the store
+(by path) are skipped, parts are written atomically, and unreadable images are skipped, listed and
+counted — never fatal. Under ``torchrun`` each rank embeds its own share (``items[rank::world_size]``)
+into rank-named parts of the same store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import json
 import os
+import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from cliplab.data.batch import BadSample
 from cliplab.errors import CliplabError
 
-__all__ = ["EmbedReport", "autocast", "embed_collection", "embed_images", "embed_texts", "list_items"]
+__all__ = ["EmbedReport", "autocast", "embed_collection", "embed_images", "embed_texts", "list_items",
+           "read_item_image"]
+
+_IN_TAR = ".tar#"  # SHARD.tar#MEMBER names an image inside a shard
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -81,12 +90,77 @@ def embed_images(images: Sequence[Any], model: Any, preprocess: Any = None, batc
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _tar_members(tar: str, mtime: float) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, size) for the regular files of one tar (cached per file version)."""
+    try:
+        with tarfile.open(tar) as tf:
+            return {m.name: (m.offset_data, m.size) for m in tf.getmembers() if m.isfile()}
+    except (OSError, tarfile.TarError) as err:
+        raise CliplabError(f"{tar}: unreadable shard ({err})") from None
+
+
+def read_item_image(path: str, max_pixels: int | None = None) -> Any:
+    """The image an item names: a file, or ``SHARD.tar#MEMBER`` inside a shard (checked, never extracted)."""
+    from cliplab.transforms import MAX_PIXELS, load_image
+
+    limit = max_pixels or MAX_PIXELS
+    if _IN_TAR in path and not os.path.exists(path):
+        tar, member = path.split(_IN_TAR, 1)
+        tar += ".tar"
+        if not os.path.isfile(tar):
+            raise FileNotFoundError(tar)
+        entry = _tar_members(tar, os.path.getmtime(tar)).get(member)
+        if entry is None:
+            raise FileNotFoundError(path)
+        with open(tar, "rb") as fh:
+            fh.seek(entry[0])
+            data = fh.read(entry[1])
+        return load_image(io.BytesIO(data), max_pixels=limit)
+    return load_image(path, max_pixels=limit)
+
+
+def _shard_items(pattern: str) -> list[dict[str, Any]]:
+    """One record per image in the shards, keyed ``SHARD.tar#MEMBER``, with the sample's caption if any."""
+    from cliplab.data.shards import IMAGE_KEYS, TEXT_FIELDS, expand_urls
+
+    items = []
+    for url in expand_urls(pattern):
+        if "://" in url or url.startswith("pipe:") or not url.endswith(".tar"):
+            raise CliplabError(f"{url}: embed reads local .tar shards only")
+        tar = str(Path(url).resolve())
+        members = _tar_members(tar, os.path.getmtime(tar))
+        with open(tar, "rb") as fh:
+            def text(name: str, fh=fh, members=members) -> str | None:
+                offset, size = members[name]
+                fh.seek(offset)
+                raw = fh.read(size).decode("utf-8", errors="replace")
+                if name.endswith(".json"):
+                    try:
+                        obj = json.loads(raw)
+                    except ValueError:
+                        return None
+                    return next((obj[k] for k in TEXT_FIELDS if isinstance(obj, dict) and k in obj), None)
+                return raw.strip()
+
+            for name in members:
+                stem, _, ext = name.rpartition(".")
+                if ext.lower() not in IMAGE_KEYS:
+                    continue
+                caption = next((text(f"{stem}.{e}") for e in ("txt", "json") if f"{stem}.{e}" in members), None)
+                items.append({"path": tar[: -len(".tar")] + _IN_TAR + name, "caption": caption})
+    return items
+
+
 def list_items(source: str | os.PathLike[str], img_key: str = "filepath", caption_key: str | None = None,
                sep: str = ",") -> list[dict[str, Any]]:
-    """The images of a folder or CSV as ``{"path", "caption"}`` records, in a stable order."""
+    """The images of a folder, CSV or tar shards as ``{"path", "caption"}`` records, in a stable order."""
     from cliplab.data.csv import read_rows
     from cliplab.data.folder import list_images
 
+    text = str(source)
+    if text.endswith(".tar") or "{" in text or "::" in text:
+        return _shard_items(text)
     src = Path(source)
     if src.is_dir():
         return [{"path": str(p.resolve()), "caption": None} for p in list_images(src)]
@@ -105,11 +179,9 @@ class _ImageItems(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int] | BadSample:
-        from cliplab.transforms import load_image
-
         path = self.items[i]["path"]
         try:
-            image = load_image(path)
+            image = read_item_image(path)
         except FileNotFoundError:
             return BadSample(path, "file not found")
         except (CliplabError, OSError, ValueError) as err:

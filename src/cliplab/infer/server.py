@@ -211,14 +211,15 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
 
     @app.get("/images/{item_id}")
     def thumbnail(item_id: int) -> Response:
-        from cliplab.transforms import ImageError, load_image
+        from cliplab.errors import CliplabError
+        from cliplab.infer.embed import read_item_image
 
         if not 0 <= item_id < len(svc.metadata):
             raise ApiError(404, f"no indexed item {item_id}")
         path = svc.metadata[item_id]["path"]
         try:
-            img = load_image(path, max_pixels=limits.max_image_pixels)
-        except (ImageError, OSError):
+            img = read_item_image(path, max_pixels=limits.max_image_pixels)
+        except (CliplabError, OSError):
             raise ApiError(404, f"item {item_id}: image no longer readable") from None
         img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
         buf = io.BytesIO()

@@ -73,8 +73,7 @@ class EmbeddingStore:
             if model_id and store.model_id and store.model_id != model_id:
                 raise CliplabError(f"{path}: store was built with {store.model_id}, not {model_id}")
             return store
-        if rank != 0 and not (path / "manifest.json").exists():
-            cls.create(path, dim, dtype, model_id, rank=0)
+        # each rank writes only its own manifest, so ranks starting together never overwrite each other
         return cls.create(path, dim, dtype, model_id, rank=rank)
 
     # -- writing ----------------------------------------------------------------------------------

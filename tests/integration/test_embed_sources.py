@@ -1,0 +1,102 @@
+"""`cliplab embed` from tar shards, with --texts, and split across two torchrun processes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cliplab.checkpoint import save_checkpoint
+from cliplab.cli.main import main
+from cliplab.config import CLIPConfig, load_arch
+from cliplab.data.shards import write_shards
+from cliplab.data.synthetic import SyntheticWorld, write_folder
+from cliplab.infer.embed import read_item_image
+from cliplab.infer.store import EmbeddingStore
+from cliplab.model.build import create_model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed-sources")
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
+    save_checkpoint(create_model(cfg.model), cfg, root / "ckpt")
+    imgs = write_folder(SyntheticWorld(), 24, root / "imgs")
+    files = sorted(p for p in imgs.iterdir() if p.suffix == ".png")
+    write_shards([(p, f"caption of {p.stem}") for p in files], root / "shards", per_shard=10)
+    assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(imgs), "--output",
+                 str(root / "folder-store"), "--dtype", "float32"]) == 0
+    return root, files
+
+
+def _column(store, name):
+    return store.metadata().column(name).to_pylist()
+
+
+def _by_path(store):
+    return dict(zip(_column(store, "path"), store.vectors(), strict=True))
+
+
+def test_shards_embed_like_the_files_and_resume(world, capsys):
+    root, files = world
+    pattern = str(root / "shards" / "{00000..00002}.tar")
+    args = ["embed", "--checkpoint", str(root / "ckpt"), "--images", pattern, "--output", str(root / "shard-store"),
+            "--dtype", "float32", "--batch-size", "7"]
+    assert main(args) == 0
+    store = EmbeddingStore(root / "shard-store")
+    assert len(store) == 24
+    captions = _column(store, "caption")
+    assert sorted(captions) == sorted(f"caption of {p.stem}" for p in files)
+    by_file = _by_path(EmbeddingStore(root / "folder-store"))
+    for path, vec, caption in zip(_column(store, "path"), store.vectors(), captions, strict=True):
+        assert ".tar#" in path
+        source = str(files[0].parent / caption.removeprefix("caption of ")) + ".png"
+        np.testing.assert_allclose(vec, by_file[source], atol=1e-6)  # same pixels, same vector
+        assert read_item_image(path).size == read_item_image(source).size
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "embedded 0 image(s)" in capsys.readouterr().out and len(EmbeddingStore(root / "shard-store")) == 24
+    assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "shards" / "{00000..00009}.tar"),
+                 "--output", str(root / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_texts_are_embedded_once(world, capsys):
+    root, _ = world
+    texts = root / "texts.txt"
+    texts.write_text("a red circle\n\na blue star\n", encoding="utf-8")
+    args = ["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "imgs"), "--output",
+            str(root / "folder-store"), "--texts", str(texts), "--dtype", "float32"]
+    assert main(args) == 0
+    tstore = EmbeddingStore(root / "folder-store" / "texts")
+    assert _column(tstore, "caption") == ["a red circle", "a blue star"]
+    vecs = tstore.vectors()
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vecs[0], vecs[1])
+    texts.write_text("a red circle\na blue star\na green cross\n", encoding="utf-8")
+    assert main(args) == 0
+    assert "embedded 1 text(s)" in capsys.readouterr().out
+    assert len(EmbeddingStore(root / "folder-store" / "texts")) == 3
+    csv = root / "caps.csv"
+    csv.write_text("filepath,title\nx.png,a cat\n", encoding="utf-8")
+    assert main([*args[:-4], "--texts", str(csv)]) == 2  # a CSV needs --csv-caption-key
+    assert "--csv-caption-key" in capsys.readouterr().err
+
+
+def test_torchrun_two_ranks_embed_each_item_once(world):
+    root, _ = world
+    out = root / "ddp-store"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", "29541", "-m", "cliplab", "embed", "--checkpoint", str(root / "ckpt"), "--images",
+           str(root / "imgs"), "--output", str(out), "--dtype", "float32", "--batch-size", "5"]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {p.name for p in out.glob("manifest*.json")} == {"manifest.json", "manifest-r1.json"}
+    merged, single = _by_path(EmbeddingStore(out)), _by_path(EmbeddingStore(root / "folder-store"))
+    assert len(EmbeddingStore(out)) == 24 and merged.keys() == single.keys()  # no duplicates, no gaps
+    for path, vec in merged.items():
+        np.testing.assert_allclose(vec, single[path], atol=1e-5)
