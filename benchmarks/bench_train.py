@@ -1,7 +1,9 @@
 """Training throughput: cliplab vs transformers.CLIPModel(return_loss=True), same random init and batch.
 
 One process, interleaved; AdamW step included. Reports samples/s and model FLOP utilisation against
-this machine's measured fp32 / bf16 matmul peak. Usage: python benchmarks/bench_train.py [--steps 6]
+this machine's measured fp32 / bf16 matmul peak. With ``--compile`` a third contestant runs cliplab's model
+through ``torch.compile`` (what ``cliplab train --compile`` does; compile time excluded, reported apart).
+Usage: python benchmarks/bench_train.py [--steps 6] [--compile]
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--compile", action="store_true", help="also time cliplab under torch.compile")
     args = p.parse_args()
     torch.manual_seed(0)
     hf_cfg = transformers.CLIPConfig(
@@ -72,6 +75,15 @@ def main() -> None:
         loss.backward()
         opt_ours.step()
 
+    compiled = torch.compile(ours) if args.compile else None
+
+    def step_compiled():
+        out = compiled(images, ids)
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        opt_ours.zero_grad()
+        loss.backward()
+        opt_ours.step()
+
     def step_hf():
         loss = hf(input_ids=ids, pixel_values=images, return_loss=True).loss
         opt_hf.zero_grad()
@@ -81,9 +93,12 @@ def main() -> None:
     rows = []
     for precision in ("fp32", "bf16"):
         enabled = precision == "bf16"
-        times = {"cliplab": [], "hf": []}
-        for _ in range(args.steps + 1):
-            for name, fn in (("cliplab", step_ours), ("hf", step_hf)):
+        contestants = [("cliplab", step_ours), ("hf", step_hf)]
+        if compiled is not None:
+            contestants.append(("compiled", step_compiled))
+        times = {name: [] for name, _ in contestants}
+        for _ in range(args.steps + 1):  # the first round is warm-up (and compilation)
+            for name, fn in contestants:
                 t = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
                     fn()
@@ -95,11 +110,17 @@ def main() -> None:
             row[f"{name}_samples_per_s"] = round(n / sec, 1)
             row[f"{name}_mfu"] = round(_flops_per_sample(cfg.model) * n / sec / peak, 3)
         row["speedup"] = round(row["cliplab_samples_per_s"] / row["hf_samples_per_s"], 2)
+        if compiled is not None:
+            row["compile_seconds"] = round(times["compiled"][0], 1)
+            row["compiled_speedup"] = round(row["compiled_samples_per_s"] / row["hf_samples_per_s"], 2)
         rows.append(row)
     print(f"{'precision':<10}{'cliplab/s':>11}{'HF/s':>9}{'x':>6}{'MFU cliplab':>13}{'MFU HF':>8}")
     for r in rows:
         print(f"{r['precision']:<10}{r['cliplab_samples_per_s']:>11.1f}{r['hf_samples_per_s']:>9.1f}"
               f"{r['speedup']:>6.2f}{r['cliplab_mfu']:>13.2f}{r['hf_mfu']:>8.2f}")
+        if "compiled_samples_per_s" in r:
+            print(f"{'':<10}compiled: {r['compiled_samples_per_s']:.1f}/s = {r['compiled_speedup']:.2f}x HF, "
+                  f"MFU {r['compiled_mfu']:.2f}, first step (compilation) {r['compile_seconds']:.0f} s")
     print(json.dumps({"bench": "train", "model": "ViT 256x6 @64px/8 + text 256x4", "batch": n, "rows": rows}))
 
 

@@ -150,3 +150,28 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         runs[name] = _losses(out)
     for a, b in zip(runs["one"], runs["four"], strict=True):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    assert main(["train", *COMMON, "--steps", "4", "--tensorboard", "--output", str(run)]) == 0
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert any("loss" in t for t in tags), tags
+    loss_tag = next(t for t in tags if t.endswith("loss"))
+    logged = [e.value for e in acc.Scalars(loss_tag)]
+    assert logged == pytest.approx(_losses(run), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """`--compile` (torch.compile, inductor on CPU) trains to the same losses as eager, within float noise."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    args = [*COMMON, "--steps", "3", "data.augment=false"]
+    assert main(["train", *args, "--output", str(eager)]) == 0
+    assert main(["train", *args, "--compile", "--output", str(compiled)]) == 0
+    assert _losses(compiled) == pytest.approx(_losses(eager), rel=1e-4)
