@@ -79,6 +79,27 @@ def test_approximate_recall(kind):
     assert idx.info["recall_at_10"] >= 0.95
 
 
+@pytest.mark.parametrize("kind,name,arg,start", [("ivf", "nprobe", "nprobe", 8), ("hnsw", "efSearch", "ef_search", 64)])
+def test_search_breadth_is_tuned_to_the_target_recall(kind, name, arg, start):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 64))  # loose clusters: the starting breadth is not enough
+    x = (centres[rng.integers(0, 50, 8000)] + 2.0 * rng.normal(size=(8000, 64))).astype(np.float32)
+    extra = {"hnsw_m": 8} if kind == "hnsw" else {}
+    idx = build_index(x, kind, **extra)
+    tuned = idx.info[name]
+    assert tuned > start and idx.info["recall_at_10"] >= 0.95
+    # the tuner stopped at the first breadth that reached the target: half of it falls short
+    assert build_index(x, kind, **extra, **{arg: tuned // 2}).info["recall_at_10"] < 0.95
+    assert build_index(x, kind, **extra, target_recall=0.2).info[name] == start
+
+
+def test_saved_index_keeps_its_tuned_breadth(tmp_path):
+    idx = build_index(_unit(3000, d=32, seed=1), "ivf", nprobe=3)
+    idx.save(tmp_path)
+    again = SearchIndex.load(tmp_path)
+    assert again.index.nprobe == 3 and again.info["nprobe"] == 3
+
+
 def test_saved_index_detects_staleness(tmp_path):
     store = EmbeddingStore.create(tmp_path / "s", dim=16)
     store.append_part(_unit(10), _rows(10))
