@@ -56,6 +56,37 @@ def test_openai_pickles_load_with_identical_outputs(tmp_path, wrap):
         assert torch.equal(ours.encode_text(ids), model.encode_text(ids))
 
 
+class _Holder(torch.nn.Module):
+    """Tensors under OpenAI's dotted names, as nested modules (what a released TorchScript archive holds)."""
+
+    def __init__(self, sd):
+        super().__init__()
+        for name, value in sd.items():
+            owner = self
+            *path, leaf = name.split(".")
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, torch.nn.Module())
+                owner = getattr(owner, part)
+            owner.register_buffer(leaf, value.clone())
+
+    def forward(self, x):
+        return x
+
+
+def test_torchscript_archive_needs_the_opt_in(tmp_path):
+    cfg, model = _small_openai_shaped(tmp_path)
+    archive = torch.jit.trace(_Holder(to_openai(model.state_dict())), torch.zeros(1))
+    archive.save(str(tmp_path / "ViT-small.pt"))
+    with pytest.raises(CliplabError, match=r"ViT-small\.pt: a TorchScript archive.*allow-unsafe-pickle"):
+        load_model(tmp_path / "ViT-small.pt")
+    ours, cfg2, _ = load_model(tmp_path / "ViT-small.pt", allow_unsafe=True)
+    assert cfg2.model == cfg
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours.encode_image(images), model.encode_image(images))
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/cliplab-pwned",))

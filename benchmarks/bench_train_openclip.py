@@ -1,0 +1,98 @@
+"""Training throughput: cliplab vs open_clip, same architecture, random init, batch and precision.
+
+open_clip needs its own environment (torch 2.14.1 + torchvision): run with the parity venv,
+``make parity-env && .venv-parity/bin/python benchmarks/bench_train_openclip.py``. One process,
+interleaved steps (forward + loss + backward + AdamW); the first step of each is warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def main() -> None:
+    import open_clip
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from cliplab.convert.openai import from_openai, infer_config
+    from cliplab.loss import clip_loss
+    from cliplab.model.build import create_model
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch", type=int, default=128)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    ref = open_clip.CLIP(
+        embed_dim=256,
+        vision_cfg=CLIPVisionCfg(layers=6, width=256, head_width=64, image_size=64, patch_size=8),
+        text_cfg=CLIPTextCfg(context_length=32, vocab_size=49408, width=256, heads=4, layers=4),
+    )
+    sd = ref.state_dict()
+    cfg = infer_config(sd, activation="gelu")
+    ours = create_model(cfg)
+    ours.load_state_dict(from_openai(sd))
+    ours.train()
+    ref.train()
+    n = args.batch
+    images = torch.randn(n, 3, 64, 64)
+    ids = torch.zeros(n, 32, dtype=torch.long)
+    for i in range(n):  # caption-length texts, 8-19 tokens
+        k = 8 + i % 12
+        ids[i, 0], ids[i, 1:k] = 49406, torch.randint(1, 49000, (k - 1,))
+        ids[i, k] = 49407
+    with torch.no_grad():  # same model, same numbers before timing
+        a = ours.encode_text(ids, normalize=True)
+        b = ref.encode_text(ids, normalize=True)
+        max_diff = (a - b).abs().max().item()
+    ref_loss = ClipLoss()
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-4)
+
+    def step_ours():
+        out = ours(images, ids)
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        opt_ours.zero_grad()
+        loss.backward()
+        opt_ours.step()
+
+    def step_ref():
+        img, txt, scale = ref(images, ids)
+        loss = ref_loss(img, txt, scale)
+        opt_ref.zero_grad()
+        loss.backward()
+        opt_ref.step()
+
+    rows = []
+    for precision in ("fp32", "bf16"):
+        enabled = precision == "bf16"
+        times = {"cliplab": [], "open_clip": []}
+        for _ in range(args.steps + 1):
+            for name, fn in (("cliplab", step_ours), ("open_clip", step_ref)):
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                    fn()
+                times[name].append(time.perf_counter() - t)
+        row = {"precision": precision}
+        for name in times:
+            row[f"{name}_samples_per_s"] = round(n / statistics.median(times[name][1:]), 1)
+        row["speedup"] = round(row["cliplab_samples_per_s"] / row["open_clip_samples_per_s"], 2)
+        rows.append(row)
+    print(f"text embeddings before training agree to {max_diff:.1e}")
+    print(f"{'precision':<10}{'cliplab/s':>11}{'open_clip/s':>13}{'x':>6}")
+    for r in rows:
+        print(f"{r['precision']:<10}{r['cliplab_samples_per_s']:>11.1f}{r['open_clip_samples_per_s']:>13.1f}"
+              f"{r['speedup']:>6.2f}")
+    print(json.dumps({"bench": "train_vs_open_clip", "torch": torch.__version__, "open_clip": open_clip.__version__,
+                      "model": "ViT 256x6 @64px/8 + text 256x4 (ctx 32)", "batch": n, "max_abs_diff": max_diff,
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
