@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import functools
 import gzip
-import html
 import os
-import re
 import threading
-import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -33,74 +30,21 @@ from tokenizers import Tokenizer as _RustTokenizer
 from cliplab.config import TokenizerConfig
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_text
+from cliplab.text_clean import clean_text, is_plain, plain_mask
 
 __all__ = ["Tokenizer", "TokenizerError", "clean_text", "get_tokenizer", "train_bpe"]
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 # OpenAI's pre-tokenisation pattern (without its special-token alternatives, which are added tokens here).
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-_WS = re.compile(r"\s+")
-# Printable ASCII without '&' (plus tab and line breaks) needs no ftfy and no HTML unescaping.
-_PLAIN_BYTES = bytes(range(0x20, 0x7F)).replace(b"&", b"") + b"\t\n\r"
 _SEP = "\x00"  # the chunk that ends each text in a joined batch
 _JOIN = " " + _SEP + " "
 _SPECIAL = r"<\|startoftext\|>|<\|endoftext\|>|"
 _WORDS = regex.compile(_SPECIAL + PATTERN, regex.IGNORECASE)
 
 
-def _is_plain(text: str) -> bool:
-    """True for text made only of _PLAIN_BYTES (checked at C speed)."""
-    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN_BYTES)
-
-
 class TokenizerError(CliplabError):
     """Text that cannot be tokenised as asked (too long, empty batch)."""
-
-
-@functools.lru_cache(maxsize=1)
-def _ftfy_noop_test() -> Callable[[str], bool]:
-    """A cheap test that ``ftfy.fix_text(text)`` would return ``text`` unchanged (True is exact; False: run it).
-
-    With its default settings fix_text changes a text only through HTML entities ('&'), mojibake (which it
-    only attempts where ``badness.is_bad`` finds some — never without one of the characters its pattern
-    names), the characters its fixers map (C1 controls,
-    ligatures, character width, curly quotes, line breaks, surrogates, terminal escapes, control
-    characters) and NFC normalisation; it also works per line, so texts with '\n' take the full path.
-    """
-    from ftfy import badness, chardata
-
-    cps = set(chardata.LIGATURES) | set(chardata.WIDTH_MAP) | set(chardata.CONTROL_CHARS)
-    cps |= {*range(0x80, 0xA0), 0x02BC, *range(0x2018, 0x2020), 0x2028, 0x2029, *range(0xD800, 0xE000)}
-    cps |= {ord(c) for c in "&\n\r\x1b"}
-    ranges, run = [], [min(cps), min(cps)]
-    for cp in sorted(cps)[1:]:
-        if cp == run[1] + 1:
-            run[1] = cp
-        else:
-            ranges.append(run)
-            run = [cp, cp]
-    ranges.append(run)
-    touched = re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]")
-    # every alternative of ftfy's mojibake pattern needs one of its category characters or non-ASCII literals
-    literals = sorted({c for c in badness.BADNESS_RE.pattern if not c.isascii()})
-    suspect = re.compile("[" + "".join(badness.MOJIBAKE_CATEGORIES.values()) + "".join(literals) + "]")
-
-    def is_noop(text: str) -> bool:
-        return (len(text) < 100_000 and touched.search(text) is None and unicodedata.is_normalized("NFC", text)
-                and (suspect.search(text) is None or not badness.is_bad(text)))
-
-    return is_noop
-
-
-@functools.lru_cache(maxsize=65536)
-def clean_text(text: str) -> str:
-    """OpenAI's cleaning: ftfy, HTML unescape twice, collapse whitespace, lower-case."""
-    if not _is_plain(text) and not _ftfy_noop_test()(text):
-        import ftfy
-
-        text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return _WS.sub(" ", text).strip().lower()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -185,10 +129,9 @@ class Tokenizer:
 
     def _add_chunks(self, chunks: Iterable[str]) -> None:
         """Pre-tokenise and BPE-encode new chunks into the table."""
-        new = [c for c in chunks if c not in self._chunk_index]
-        if len(self._chunk_index) + len(new) > self._MAX_CHUNKS:
-            self._reset_chunks()
-        for chunk in new:
+        for chunk in chunks:
+            if chunk in self._chunk_index:
+                continue
             ids = [i for w in _WORDS.findall(chunk) for i in self._word_ids(w)]
             k, n = len(self._chunk_index), self._n_ids
             if k >= len(self._chunk_start):
@@ -203,21 +146,27 @@ class Tokenizer:
 
     def _clean_join(self, texts: Sequence[str]) -> str:
         """All texts cleaned and lower-cased, each followed by a separator chunk."""
-        if _is_plain("\n".join(texts)):  # printable ASCII without '&': cleaning is only lower-casing
-            cleaned: Sequence[str] = texts
-        else:  # ftfy and HTML unescaping remove NUL, so the separator cannot come from a text
-            cleaned = [t if _is_plain(t) else clean_text(t) for t in texts]
-        return (_JOIN.join(cleaned) + _JOIN).lower()
+        if is_plain("\n".join(texts)):  # printable ASCII without '&': cleaning is only lower-casing
+            return (_JOIN.join(texts) + _JOIN).lower()
+        # ftfy and HTML unescaping remove NUL, so the separator cannot come from a cleaned text
+        keep = plain_mask(texts)
+        return _JOIN.join([t.lower() if k else clean_text(t) for t, k in zip(texts, keep, strict=True)]) + _JOIN
 
     def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of all texts back to back (T,) and each text's token count (N,)."""
         chunks = self._clean_join(texts).split()  # (C,) whitespace-separated chunks
         with self._lock:
+            n = len(chunks)
             try:
-                idx = np.fromiter(map(self._chunk_index.__getitem__, chunks), np.int64, count=len(chunks))
-            except KeyError:
-                self._add_chunks(dict.fromkeys(chunks))
-                idx = np.fromiter(map(self._chunk_index.__getitem__, chunks), np.int64, count=len(chunks))
+                idx = np.fromiter(map(self._chunk_index.__getitem__, chunks), np.int64, count=n)
+            except KeyError:  # chunks seen for the first time
+                unique = dict.fromkeys(chunks)
+                new = [c for c in unique if c not in self._chunk_index]
+                if len(self._chunk_index) + len(new) > self._MAX_CHUNKS:  # start afresh, keep this batch's
+                    self._reset_chunks()
+                    new = list(unique)
+                self._add_chunks(new)
+                idx = np.fromiter(map(self._chunk_index.__getitem__, chunks), np.int64, count=n)
             chunk_len = self._chunk_len[idx]  # (C,) tokens per chunk
             cum = np.cumsum(chunk_len)  # (C,) tokens up to and including each chunk
             total = int(cum[-1])

@@ -92,24 +92,6 @@ def test_batch_fuzz_identical(ref, tok):
     assert torch.equal(tok(plain, truncate=True), _reference_batch(ref, plain))
 
 
-def test_ftfy_shortcut_is_exact():
-    """Where the cheap test says ftfy would change nothing, ftfy indeed changes nothing."""
-    import ftfy
-
-    from cliplab.tokenizer import _ftfy_noop_test
-
-    rng = random.Random(2)
-    texts = [_fuzz_text(rng) for _ in range(20000)] + CORPUS
-    texts += ["".join(chr(rng.randrange(0x80, 0x2100)) for _ in range(8)) for _ in range(5000)]
-    for enc in ("latin-1", "cp1252", "mac_roman", "cp1251", "cp1253", "cp1257"):  # mojibake of every kind
-        texts += [t.encode("utf-8").decode(enc, errors="replace") for t in texts[20000:21000]]
-    noop = _ftfy_noop_test()
-    taken = [t for t in texts if noop(t)]
-    assert len(taken) > 5000  # the shortcut is really used
-    assert [t for t in taken if ftfy.fix_text(t) != t] == []
-    assert any(t != ftfy.fix_text(t) for t in texts[25000:])  # the mojibake cases do reach ftfy
-
-
 def test_chunk_table_restarts_when_full(ref):
     small = get_tokenizer()
     small._MAX_CHUNKS = 50
