@@ -133,6 +133,13 @@ class SyntheticWorld:
         return {"train": self._seen, "heldout": self._held, "all": self._all}[split]
 
     def _background(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """A (size, size, 3) background, drawn at the output resolution and repeated up to ``size``: the
+        final box downsampling gives that output back, and the work is ``supersample²`` times smaller."""
+        k = self.cfg.supersample
+        arr, fill = self._background_small(rng, size // k)
+        return np.repeat(np.repeat(arr, k, axis=0), k, axis=1), fill
+
+    def _background_small(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
         base = rng.integers(60, 190, 3)
         kind = rng.integers(3)
         if kind == 0:
@@ -143,7 +150,7 @@ class SyntheticWorld:
             arr = (base * (1 - t) + other * t) * np.ones((1, size, 1), np.float32)
             arr = arr if rng.random() < 0.5 else arr.transpose(1, 0, 2)
         else:
-            arr = base + rng.normal(0, 18, (size, size, 3))
+            arr = base + rng.normal(0, 9, (size, size, 3))
         grey = base.mean()
         arr = 0.6 * arr + 0.4 * grey  # desaturate: objects keep the only strong colours
         return np.clip(arr, 0, 255).astype(np.uint8), tuple(int(v) for v in np.clip(base * 0.6 + 0.4 * grey, 0, 255))

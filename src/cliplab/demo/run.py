@@ -40,21 +40,28 @@ class DemoConfig:
     seed: int = 0
     eval_per_class: int = 20
     n_retrieval: int = 500
+    precision: str = "fp32"
+    two_object_prob: float = 0.3
+    full_caption_prob: float = 0.6
 
 
-def _world(seed: int) -> SyntheticWorld:
-    return SyntheticWorld(WorldConfig(image_size=32, seed=seed, two_object_prob=0.3, full_caption_prob=0.6))
+def _world(cfg: DemoConfig) -> SyntheticWorld:
+    return SyntheticWorld(WorldConfig(image_size=32, seed=cfg.seed, two_object_prob=cfg.two_object_prob,
+                                      full_caption_prob=cfg.full_caption_prob))
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    world = _world(cfg.seed)
+    world = _world(cfg)
     tcfg = TrainConfig(
-        model=cfg.model, data=DataConfig(format="synthetic", workers=cfg.workers, synthetic_seed=cfg.seed),
+        model=cfg.model, data=DataConfig(format="synthetic", workers=cfg.workers, synthetic_seed=cfg.seed,
+                                         synthetic_two_object_prob=cfg.two_object_prob,
+                                         synthetic_full_caption_prob=cfg.full_caption_prob),
         optim=OptimConfig(lr=cfg.lr, warmup_steps=min(50, max(1, cfg.steps // 10))), batch_size=cfg.batch_size,
         steps=cfg.steps, time_budget_minutes=cfg.minutes, seed=cfg.seed, output=str(out / "run"),
+        precision=cfg.precision,
         save_every=10**9, log_every=10, eval_every=100 if cfg.steps >= 1000 else max(1, cfg.steps // 5),
     )
     held_small = labelled_set(world, 4, "heldout", seed=99)

@@ -38,9 +38,10 @@ class TextTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n_ctx = self.cfg.context_length
         eot = eot_positions(tokens, self.cfg.eot_token_id)  # (B,)
-        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             # Causal attention: positions after the last end-of-text never reach a pooled feature, so
             # drop them (padding is most of a 77-token context). Exact, and several times faster.
+            # (Not under torch.compile: a data-dependent length would break the graph and recompile.)
             used = int(eot.max()) + 1
             if used > n_ctx:
                 raise ValueError(f"text has {used} tokens but the model's context length is {n_ctx}")

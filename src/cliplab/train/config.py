@@ -37,6 +37,8 @@ class DataConfig:
     on_bad_sample: str = "skip"  # skip | error
     augment: bool = True  # random resized crop (scale 0.9-1.0) during training
     synthetic_seed: int = 0
+    synthetic_two_object_prob: float = 0.3  # share of two-object scenes in the synthetic world
+    synthetic_full_caption_prob: float = 0.6  # share of one-object captions naming colour and shape
 
 
 @dataclass(frozen=True)
