@@ -34,6 +34,28 @@ def _flops_per_sample(cfg) -> float:
     return 3 * 2 * (vit + txt)
 
 
+def caption_ids(n: int, context: int = 32) -> torch.Tensor:
+    """(n, context) token ids of caption-length texts: 8-19 tokens, then padding."""
+    ids = torch.zeros(n, context, dtype=torch.long)
+    for i in range(n):
+        k = 8 + i % 12
+        ids[i, 0], ids[i, 1:k] = 49406, torch.randint(1, 49000, (k - 1,))
+        ids[i, k] = 49407
+    return ids
+
+
+def make_step(loss_fn, optimizer):
+    """One training step: loss, backward, optimizer update."""
+
+    def step() -> None:
+        loss = loss_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def main() -> None:
     import transformers
 
@@ -60,35 +82,18 @@ def main() -> None:
     hf.train()
     n = args.batch
     images = torch.randn(n, 3, 64, 64)
-    ids = torch.zeros(n, 32, dtype=torch.long)
-    for i in range(n):
-        k = 8 + i % 12
-        ids[i, 0], ids[i, 1:k] = 49406, torch.randint(1, 49000, (k - 1,))
-        ids[i, k] = 49407
+    ids = caption_ids(n)
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4)
 
-    def step_ours():
-        out = ours(images, ids)
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
-        opt_ours.zero_grad()
-        loss.backward()
-        opt_ours.step()
+    def loss_ours(model):
+        out = model(images, ids)
+        return clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
 
     compiled = torch.compile(ours) if args.compile else None
-
-    def step_compiled():
-        out = compiled(images, ids)
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
-        opt_ours.zero_grad()
-        loss.backward()
-        opt_ours.step()
-
-    def step_hf():
-        loss = hf(input_ids=ids, pixel_values=images, return_loss=True).loss
-        opt_hf.zero_grad()
-        loss.backward()
-        opt_hf.step()
+    step_ours = make_step(lambda: loss_ours(ours), opt_ours)
+    step_compiled = make_step(lambda: loss_ours(compiled), opt_ours)
+    step_hf = make_step(lambda: hf(input_ids=ids, pixel_values=images, return_loss=True).loss, opt_hf)
 
     rows = []
     for precision in ("fp32", "bf16"):

@@ -17,6 +17,7 @@ import torch
 
 def main() -> None:
     import open_clip
+    from bench_train import caption_ids, make_step  # this folder is on sys.path when run as a script
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
@@ -42,32 +43,19 @@ def main() -> None:
     ref.train()
     n = args.batch
     images = torch.randn(n, 3, 64, 64)
-    ids = torch.zeros(n, 32, dtype=torch.long)
-    for i in range(n):  # caption-length texts, 8-19 tokens
-        k = 8 + i % 12
-        ids[i, 0], ids[i, 1:k] = 49406, torch.randint(1, 49000, (k - 1,))
-        ids[i, k] = 49407
+    ids = caption_ids(n)
     with torch.no_grad():  # same model, same numbers before timing
         a = ours.encode_text(ids, normalize=True)
         b = ref.encode_text(ids, normalize=True)
         max_diff = (a - b).abs().max().item()
     ref_loss = ClipLoss()
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-4)
 
-    def step_ours():
+    def loss_ours():
         out = ours(images, ids)
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
-        opt_ours.zero_grad()
-        loss.backward()
-        opt_ours.step()
+        return clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
 
-    def step_ref():
-        img, txt, scale = ref(images, ids)
-        loss = ref_loss(img, txt, scale)
-        opt_ref.zero_grad()
-        loss.backward()
-        opt_ref.step()
+    step_ours = make_step(loss_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4))
+    step_ref = make_step(lambda: ref_loss(*ref(images, ids)), torch.optim.AdamW(ref.parameters(), lr=1e-4))
 
     rows = []
     for precision in ("fp32", "bf16"):

@@ -7,14 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from cliplab.checkpoint import save_checkpoint
 from cliplab.cli.main import main
-from cliplab.config import CLIPConfig, load_arch
 from cliplab.data.shards import write_shards
 from cliplab.data.synthetic import SyntheticWorld, write_folder
 from cliplab.infer.embed import read_item_image
 from cliplab.infer.store import EmbeddingStore
-from cliplab.model.build import create_model
+from tests.integration.helpers import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed-sources")
-    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
-    save_checkpoint(create_model(cfg.model), cfg, root / "ckpt")
+    tiny_checkpoint(root / "ckpt")
     imgs = write_folder(SyntheticWorld(), 24, root / "imgs")
     files = sorted(p for p in imgs.iterdir() if p.suffix == ".png")
     write_shards([(p, f"caption of {p.stem}") for p in files], root / "shards", per_shard=10)

@@ -6,11 +6,9 @@ import json
 import pytest
 from PIL import Image
 
-from cliplab.checkpoint import save_checkpoint
 from cliplab.cli.main import main
-from cliplab.config import CLIPConfig, load_arch
 from cliplab.data.synthetic import SyntheticWorld, write_folder
-from cliplab.model.build import create_model
+from tests.integration.helpers import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("collection")
-    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
-    save_checkpoint(create_model(cfg.model), cfg, root / "ckpt")
+    tiny_checkpoint(root / "ckpt")
     imgs = write_folder(SyntheticWorld(), 40, root / "imgs")
     (imgs / "broken.png").write_bytes(b"not a png")
     assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(imgs), "--output",

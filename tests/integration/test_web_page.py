@@ -11,11 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from cliplab.checkpoint import save_checkpoint
 from cliplab.cli.main import main
-from cliplab.config import CLIPConfig, load_arch
 from cliplab.data.synthetic import SyntheticWorld, write_folder
-from cliplab.model.build import create_model
+from tests.integration.helpers import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,8 +32,7 @@ def server(tmp_path_factory):
     from cliplab.infer.server import create_app
 
     root = tmp_path_factory.mktemp("web")
-    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
-    save_checkpoint(create_model(cfg.model), cfg, root / "ckpt")
+    tiny_checkpoint(root / "ckpt")
     write_folder(SyntheticWorld(), 30, root / "imgs")
     assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "imgs"), "--output",
                  str(root / "store")]) == 0

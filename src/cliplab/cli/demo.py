@@ -8,7 +8,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a small CLIP from nothing on synthetic shapes, then evaluate it")
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=7.0, help="training budget (default 7; total ≈ +0.5 min)")
+    p.add_argument("--minutes", type=float, default=9.0, help="training budget (default 9; total ≈ +0.3 min)")
     p.add_argument("--model", default="ViT-Tiny-32px-CBOW")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=100_000, help="upper bound on steps (the budget decides)")

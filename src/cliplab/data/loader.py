@@ -56,7 +56,8 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
 
         world = SyntheticWorld(WorldConfig(image_size=image_size, seed=cfg.synthetic_seed,
                                            two_object_prob=cfg.synthetic_two_object_prob,
-                                           full_caption_prob=cfg.synthetic_full_caption_prob))
+                                           full_caption_prob=cfg.synthetic_full_caption_prob,
+                                           shape_only_share=cfg.synthetic_shape_only_share))
         ds = SyntheticDataset(world, transform, tokenizer, batch_size, seed=seed, rank=rank, start_batch=start_step)
         loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                             persistent_workers=False)

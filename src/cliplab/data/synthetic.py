@@ -48,6 +48,7 @@ class WorldConfig:
     held_out: tuple[tuple[str, str], ...] | None = None  # None: the diagonal, one pair per colour and shape
     two_object_prob: float = 0.25
     full_caption_prob: float = 0.85
+    shape_only_share: float = 0.5  # of the other one-object captions, the share naming only the shape
     seed: int = 0
     supersample: int = 4
 
@@ -195,7 +196,7 @@ class SyntheticWorld:
             u = rng.random()
             if u < cfg.full_caption_prob:
                 template = FULL[rng.integers(len(FULL))]
-            elif u < cfg.full_caption_prob + (1 - cfg.full_caption_prob) / 2:
+            elif u < cfg.full_caption_prob + (1 - cfg.full_caption_prob) * (1 - cfg.shape_only_share):
                 template = COLOUR_ONLY[rng.integers(len(COLOUR_ONLY))]
             else:
                 template = SHAPE_ONLY[rng.integers(len(SHAPE_ONLY))]

@@ -37,8 +37,9 @@ class DataConfig:
     on_bad_sample: str = "skip"  # skip | error
     augment: bool = True  # random resized crop (scale 0.9-1.0) during training
     synthetic_seed: int = 0
-    synthetic_two_object_prob: float = 0.3  # share of two-object scenes in the synthetic world
-    synthetic_full_caption_prob: float = 0.6  # share of one-object captions naming colour and shape
+    synthetic_two_object_prob: float = 0.5  # share of two-object scenes in the synthetic world
+    synthetic_full_caption_prob: float = 0.85  # share of one-object captions naming colour and shape
+    synthetic_shape_only_share: float = 0.5  # of the other one-object captions, those naming only the shape
 
 
 @dataclass(frozen=True)
