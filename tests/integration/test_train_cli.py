@@ -175,3 +175,25 @@ def test_compiled_training_matches_eager(tmp_path):
     assert main(["train", *args, "--output", str(eager)]) == 0
     assert main(["train", *args, "--compile", "--output", str(compiled)]) == 0
     assert _losses(compiled) == pytest.approx(_losses(eager), rel=1e-4)
+
+
+def test_shard_resume_replays_the_stream_exactly(tmp_path):
+    """Kill mid-epoch (two DataLoader workers), resume: the same batches, so the same losses, as one run."""
+    from cliplab.data.shards import write_shards
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    samples = []
+    for i in range(40):
+        Image.new("RGB", (36, 36), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(imgs / f"{i}.png")
+        samples.append((imgs / f"{i}.png", f"a picture number {i} with colour {i % 5}"))
+    write_shards(samples, tmp_path / "shards", per_shard=10)
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ["--model", "ViT-Tiny-32px", "--batch-size", "8", "--workers", "2", "--seed", "1", "--warmup", "2",
+            "--data-format", "wds", "--train-data", str(tmp_path / "shards" / "{00000..00003}.tar"), "--steps", "14",
+            "--save-every", "4", "log_every=1", "data.augment=false", "data.shuffle_buffer=16"]
+    assert main(["train", *args, "--output", str(full)]) == 0
+    assert main(["train", *args, "--output", str(part), "--stop-after", "10"]) == 0
+    assert resolve_run_dir(part).name == "step-00000008"  # 6 batches per epoch: resumes in epoch 2
+    assert main(["train", *args, "--output", str(part), "--resume", "latest"]) == 0
+    assert _losses(part) == _losses(full) and len(_losses(full)) == 14

@@ -2,13 +2,13 @@
 
 Each loader yields :class:`cliplab.data.batch.Batch` objects of ``batch_size`` samples (minus skipped bad
 samples). ``start_step`` skips what an interrupted run already consumed: exactly for the synthetic world
-and for map-style datasets (CSV, folder: a seeded permutation per epoch), approximately for WebDataset
-shards (the shard order is reseeded at the resume point).
+and for map-style datasets (CSV, folder: a seeded permutation per epoch); WebDataset shards replay the
+same seeded order and skip (without decoding) the batches of the saved ``position``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,17 @@ class EpochBatchSampler(Sampler[list[int]]):
 class TrainData:
     batches: Iterator[Any]
     steps_per_epoch: int | None  # None for endless streams (synthetic, resampled shards)
+    position: Callable[[], dict[str, int]] | None = None  # where a stream stands, saved for an exact resume
 
 
 def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, *, rank: int = 0,
-                     world_size: int = 1, seed: int = 0, start_step: int = 0, image_size: int = 32) -> TrainData:
-    """``cfg`` is a :class:`cliplab.train.config.DataConfig`; one yielded batch per optimisation step."""
+                     world_size: int = 1, seed: int = 0, start_step: int = 0, image_size: int = 32,
+                     position: dict[str, int] | None = None) -> TrainData:
+    """``cfg`` is a :class:`cliplab.train.config.DataConfig`; one yielded batch per optimisation step.
+
+    ``position`` is what :attr:`TrainData.position` returned when the resumed checkpoint was written
+    (shards: epoch and batches consumed in it); without it a shard stream restarts reseeded.
+    """
     fmt = cfg.format
     workers = cfg.workers
     if fmt == "synthetic":
@@ -67,10 +73,14 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
     if fmt == "wds":
         from cliplab.data.shards import ShardDataset
 
+        exact = position is not None or start_step == 0
         ds = ShardDataset(cfg.train_data, transform, tokenizer, shuffle_buffer=cfg.shuffle_buffer,
-                          resampled=cfg.resampled, seed=seed + start_step, rank=rank, world_size=world_size)
+                          resampled=cfg.resampled, seed=seed if exact else seed + start_step, rank=rank,
+                          world_size=world_size)
+        ds.batch_size = batch_size
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-        return TrainData(_repeat(loader, ds), None)
+        stream = _Epochs(loader, ds, **(position or {}))
+        return TrainData(iter(stream), None, stream.position)
     dataset: Dataset
     if fmt == "csv":
         from cliplab.data.csv import CsvDataset
@@ -91,14 +101,23 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
     return TrainData(iter(loader), sampler.per_epoch)
 
 
-def _repeat(loader: DataLoader, ds: Any) -> Iterator[Any]:
-    epoch = 0
-    while True:
-        ds.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise CliplabError("the shards yielded no samples")
-        epoch += 1
+class _Epochs:
+    """A shard loader run epoch after epoch, knowing how far it is: ``{"epoch", "batch"}``."""
+
+    def __init__(self, loader: DataLoader, ds: Any, epoch: int = 0, batch: int = 0) -> None:
+        self.loader, self.ds, self.epoch, self.batch = loader, ds, epoch, batch
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            self.ds.set_epoch(self.epoch, skip_batches=self.batch)
+            empty = True
+            for batch in self.loader:
+                empty = False
+                self.batch += 1
+                yield batch
+            if empty and self.batch == 0:
+                raise CliplabError("the shards yielded no samples")
+            self.epoch, self.batch = self.epoch + 1, 0

@@ -79,11 +79,24 @@ class ShardDataset(IterableDataset):
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.batch_size = 1  # items per DataLoader batch (set by the loader), for skip_batches
+        self.skip_batches = 0  # batches of this epoch already consumed (resume); counted across workers
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def _items_to_skip(self) -> int:
+        """Items this worker yielded for the first ``skip_batches`` batches: the DataLoader takes batches
+        from its workers in turn (batch i from worker i mod W), each ``batch_size`` items long."""
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        return max(0, (self.skip_batches - w + n - 1) // n) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple | BadSample]:
+        skip = self._items_to_skip()
+        seen = 0
         errors = _Errors()
         seed = self.seed + 1000 * self.epoch + self.rank
         pipeline = wds.WebDataset(
@@ -100,8 +113,13 @@ class ShardDataset(IterableDataset):
             pipeline = pipeline.shuffle(self.shuffle_buffer, seed=seed)
         for raw in pipeline:
             while errors.items:
-                yield errors.items.pop(0)
-            yield self._decode(raw)
+                seen += 1
+                bad = errors.items.pop(0)
+                if seen > skip:
+                    yield bad
+            seen += 1
+            if seen > skip:  # already-consumed samples are not decoded again
+                yield self._decode(raw)
         yield from errors.items
 
     def _decode(self, raw: dict) -> tuple | BadSample:

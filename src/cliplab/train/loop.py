@@ -141,6 +141,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     start, total = 0, cfg.steps
+    data_position: dict[str, int] | None = None
     resume_from = None
     if cfg.resume:
         resume_from = resolve_run_dir(run_dir) if cfg.resume == "latest" else Path(cfg.resume)
@@ -157,11 +158,13 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
             scaler.load_state_dict(state["scaler"])
         start, total = int(state["step"]), int(state["total_steps"])
         set_rng_state(state["rng"])
+        positions = state.get("data_positions") or []
+        data_position = positions[rank] if len(positions) == world else None
     tokenizer = get_tokenizer(clip_cfg.tokenizer, root=root)
     transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
                             world_size=world, seed=cfg.seed, start_step=start,
-                            image_size=clip_cfg.model.vision.image_size)
+                            image_size=clip_cfg.model.vision.image_size, position=data_position)
     if total is None:
         if cfg.epochs is None or data.steps_per_epoch is None:
             raise CliplabError("give --steps (or --epochs for a CSV/folder dataset of known size)")
@@ -254,9 +257,16 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         if cfg.stop_after is not None and step >= cfg.stop_after:
             bar.close()
             return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
-        if main and (step % cfg.save_every == 0 or step == total):
+        saving = step % cfg.save_every == 0 or step == total
+        if saving and data.position is not None:  # every rank's place in its own stream
+            positions: list[Any] = [data.position()]
+            if world > 1:
+                positions = [None] * world
+                dist.all_gather_object(positions, data.position())
+        if main and saving:
             state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                     "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch}
+                     "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
+                     "data_positions": positions if data.position is not None else None}
             tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
             last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file)
     bar.close()
