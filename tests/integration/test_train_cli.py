@@ -191,7 +191,7 @@ def test_shard_resume_replays_the_stream_exactly(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     args = ["--model", "ViT-Tiny-32px", "--batch-size", "8", "--workers", "2", "--seed", "1", "--warmup", "2",
             "--data-format", "wds", "--train-data", str(tmp_path / "shards" / "{00000..00003}.tar"), "--steps", "14",
-            "--save-every", "4", "log_every=1", "data.augment=false", "data.shuffle_buffer=16"]
+            "--save-every", "4", "log_every=1", "data.shuffle_buffer=16"]  # augmentation on: replayed too
     assert main(["train", *args, "--output", str(full)]) == 0
     assert main(["train", *args, "--output", str(part), "--stop-after", "10"]) == 0
     assert resolve_run_dir(part).name == "step-00000008"  # 6 batches per epoch: resumes in epoch 2

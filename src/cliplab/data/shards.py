@@ -13,10 +13,12 @@ import functools
 import io
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import braceexpand
+import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
@@ -137,7 +139,12 @@ class ShardDataset(IterableDataset):
                 return BadSample(source, f"json member has no {'/'.join(TEXT_FIELDS)} field")
         else:
             return BadSample(source, "no caption member (.txt or .json)")
-        return make_pair(io.BytesIO(image), caption, source, self.transform, self.tokenizer)
+        transform = self.transform
+        if getattr(transform, "random", False):  # augmentation drawn from (seed, epoch, sample): resumable
+            key = (self.seed * 1_000_003 + self.epoch) * 2**32 + zlib.crc32(source.encode())
+            gen = torch.Generator().manual_seed(key % 2**63)
+            transform = functools.partial(transform, generator=gen)
+        return make_pair(io.BytesIO(image), caption, source, transform, self.tokenizer)
 
 
 def write_shards(
