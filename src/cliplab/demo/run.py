@@ -40,7 +40,7 @@ class DemoConfig:
     seed: int = 0
     eval_per_class: int = 20
     n_retrieval: int = 500
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the CPU has native bf16 (~1.3x the steps here), else fp32
     two_object_prob: float = 0.5  # two-object scenes teach composition (0 / 0.3 / 0.5 / 0.7 tried)
     full_caption_prob: float = 0.85
     shape_only_share: float = 0.5
@@ -49,6 +49,14 @@ class DemoConfig:
 def _world(cfg: DemoConfig) -> SyntheticWorld:
     return SyntheticWorld(WorldConfig(image_size=32, seed=cfg.seed, two_object_prob=cfg.two_object_prob,
                                       full_caption_prob=cfg.full_caption_prob, shape_only_share=cfg.shape_only_share))
+
+
+def _precision(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
@@ -63,7 +71,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
                                          synthetic_shape_only_share=cfg.shape_only_share),
         optim=OptimConfig(lr=cfg.lr, warmup_steps=min(50, max(1, cfg.steps // 10))), batch_size=cfg.batch_size,
         steps=cfg.steps, time_budget_minutes=cfg.minutes, seed=cfg.seed, output=str(out / "run"),
-        precision=cfg.precision,
+        precision=_precision(cfg.precision),
         save_every=10**9, log_every=10, eval_every=100 if cfg.steps >= 1000 else max(1, cfg.steps // 5),
     )
     held_small = labelled_set(world, 4, "heldout", seed=99)
@@ -95,7 +103,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
                      out / "predictions.png")
     save_checkpoint(model, result.clip_cfg, out / "checkpoint")
     report.update({
-        "model": cfg.model, "steps": result.steps, "batch_size": cfg.batch_size,
+        "model": cfg.model, "precision": _precision(cfg.precision), "steps": result.steps, "batch_size": cfg.batch_size,
         "samples_seen": result.steps * cfg.batch_size, "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1), "bad_samples": result.bad_samples,
         "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
