@@ -13,7 +13,6 @@ import html
 import re
 import unicodedata
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -130,7 +129,3 @@ def clean_text(text: str) -> str:
         text = fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WS.sub(" ", text).strip().lower()
-
-
-def _ftfy_internals() -> Any:  # for tests
-    return _ftfy()

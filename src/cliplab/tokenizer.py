@@ -60,7 +60,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(keep, map(chr, chars), strict=True))
 
 
-_BYTE_CHARS = {b: c for b, c in _bytes_to_unicode().items()}  # str.translate table: byte -> BPE character
+_BYTE_CHARS = _bytes_to_unicode()  # byte -> BPE character; also a str.translate table for latin-1 text
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -102,7 +102,7 @@ class Tokenizer:
         self.eot_token_id = backend.token_to_id(EOT)
         if self.sot_token_id is None or self.eot_token_id is None:
             raise TokenizerError(f"tokenizer vocabulary lacks {SOT} or {EOT}")
-        self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        self._byte_decoder = {c: b for b, c in _BYTE_CHARS.items()}
         self._words: dict[str, list[int]] = {SOT: [self.sot_token_id], EOT: [self.eot_token_id]}
         self._lock = threading.Lock()
         self._reset_chunks()

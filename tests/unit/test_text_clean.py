@@ -6,7 +6,7 @@ import ftfy
 import pytest
 from ftfy.badness import is_bad
 
-from cliplab.text_clean import _ftfy_internals, fix_text, is_plain, plain_mask
+from cliplab.text_clean import _ftfy, fix_text, is_plain, plain_mask
 from tests.unit.test_tokenizer import CORPUS, _fuzz_text
 
 
@@ -27,7 +27,7 @@ def test_fix_text_is_ftfy(texts):
 
 
 def test_noop_test_is_exact_and_used(texts):
-    fast = _ftfy_internals()
+    fast = _ftfy()
     taken = [t for t in texts if fast.is_noop(t)]
     assert len(taken) > 5000  # the shortcut is really used
     assert [t for t in taken if ftfy.fix_text(t) != t] == []
