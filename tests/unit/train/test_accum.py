@@ -46,12 +46,12 @@ def _full_batch_grads(model, images, texts, loss_fn, max_scale=100.0):
     return loss.detach(), grads
 
 
-def _check(model, loss_fn, micro, images, texts):
+def _check(model, loss_fn, micro, images, texts, atol=1e-6):
     ref_loss, ref = _full_batch_grads(model, images, texts, loss_fn)
     loss = cached_accumulation_step(model, micro, loss_fn)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def _split(images, texts, sizes):
@@ -135,7 +135,9 @@ def test_real_model_equals_full_batch():
     texts = torch.zeros(6, 32, dtype=torch.long)
     texts[:, 0], texts[:, 5] = 49406, 49407
     texts[:, 1:5] = torch.randint(1, 49000, (6, 4), generator=g)
-    _check(model, clip_loss, _split(images, texts, [4, 2]), images, texts)
+    # 1e-5 (the bound), not 1e-6: the GEMM kernels block a 4-row and a 6-row batch differently, so
+    # fp32 sums of ~1e-3 gradients round apart by ~1e-6 on some CPUs (1.2e-6 seen on a Xeon with AMX).
+    _check(model, clip_loss, _split(images, texts, [4, 2]), images, texts, atol=1e-5)
     assert model.logit_scale.grad.abs() > 0
 
 
