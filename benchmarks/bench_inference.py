@@ -1,7 +1,8 @@
 """encode_image / encode_text throughput: cliplab vs transformers.CLIPModel on the same random weights.
 
-ViT-B/32, batch 32, fp32 and bf16 autocast, interleaved in one process. Prints a table and one JSON line.
-Usage: python benchmarks/bench_inference.py [--repeats 5] [--batch 32]
+ViT-B/32, batch 32, fp32 and bf16 autocast, interleaved call by call in one process (median).
+Prints a table and one JSON line.
+Usage: python benchmarks/bench_inference.py [--repeats 9] [--batch 32]
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import time
 import torch
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _race(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, called in turn (A B A B ...) so drift hits all alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -31,7 +35,7 @@ def main() -> None:
     from cliplab.api import load_model
 
     p = argparse.ArgumentParser()
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args()
     torch.manual_seed(0)
@@ -52,11 +56,11 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
             with ctx:
-                r = {"precision": precision}
-                r["image_cliplab"] = n / _time(lambda: ours.encode_image(images), args.repeats)
-                r["image_hf"] = n / _time(lambda: hf.get_image_features(pixel_values=images), args.repeats)
-                r["text_cliplab"] = n / _time(lambda: ours.encode_text(ids), args.repeats)
-                r["text_hf"] = n / _time(lambda: hf.get_text_features(input_ids=ids), args.repeats)
+                sec = _race({"image_cliplab": lambda: ours.encode_image(images),
+                             "image_hf": lambda: hf.get_image_features(pixel_values=images),
+                             "text_cliplab": lambda: ours.encode_text(ids),
+                             "text_hf": lambda: hf.get_text_features(input_ids=ids)}, args.repeats)
+                r = {"precision": precision, **{name: n / s for name, s in sec.items()}}
             r["image_speedup"] = r["image_cliplab"] / r["image_hf"]
             r["text_speedup"] = r["text_cliplab"] / r["text_hf"]
             rows.append(r)

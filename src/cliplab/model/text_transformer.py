@@ -50,8 +50,7 @@ class TextTransformer(nn.Module):
             raise ValueError(f"text has {tokens.shape[1]} tokens but the model's context length is {n_ctx}")
         L = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:L]  # (B, L, C)
-        x = self.ln_final(self.transformer(x, causal=True))
-        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, C)
+        x = self.ln_final(self.transformer(x, causal=True, row=eot))  # (B, C): features at end-of-text
         return self.proj(x)  # (B, D)
 
 
