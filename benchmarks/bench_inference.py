@@ -2,7 +2,8 @@
 
 ViT-B/32, batch 32, fp32 and bf16 autocast, interleaved call by call in one process (median).
 Prints a table and one JSON line.
-Usage: python benchmarks/bench_inference.py [--repeats 9] [--batch 32]
+Speed-up: median over rounds of HF's time over cliplab's (adjacent calls); rates: median per call.
+Usage: python benchmarks/bench_inference.py [--repeats 15] [--batch 32] [--tower image|text|both]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 
 def _race(fns: dict, repeats: int) -> dict:
-    """Median seconds per call of each function, called in turn (A B A B ...) so drift hits all alike."""
+    """Seconds per call of each function over ``repeats`` rounds; in each round every function runs once, in
+    turn, so a slow spell of the machine hits all contestants of that round alike."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
@@ -26,7 +28,12 @@ def _race(fns: dict, repeats: int) -> dict:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def _speedup(ours: list[float], peer: list[float]) -> float:
+    """Median over rounds of the peer's time over ours (paired, so robust to the machine's speed drifting)."""
+    return statistics.median(p / o for o, p in zip(ours, peer, strict=True))
 
 
 def main() -> None:
@@ -35,8 +42,9 @@ def main() -> None:
     from cliplab.api import load_model
 
     p = argparse.ArgumentParser()
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--tower", choices=("image", "text", "both"), default="both")
     args = p.parse_args()
     torch.manual_seed(0)
     hf = transformers.CLIPModel(transformers.CLIPConfig()).eval()
@@ -56,18 +64,25 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
             with ctx:
-                sec = _race({"image_cliplab": lambda: ours.encode_image(images),
-                             "image_hf": lambda: hf.get_image_features(pixel_values=images),
-                             "text_cliplab": lambda: ours.encode_text(ids),
-                             "text_hf": lambda: hf.get_text_features(input_ids=ids)}, args.repeats)
-                r = {"precision": precision, **{name: n / s for name, s in sec.items()}}
-            r["image_speedup"] = r["image_cliplab"] / r["image_hf"]
-            r["text_speedup"] = r["text_cliplab"] / r["text_hf"]
+                fns = {}
+                if args.tower in ("image", "both"):
+                    fns["image_cliplab"] = lambda: ours.encode_image(images)
+                    fns["image_hf"] = lambda: hf.get_image_features(pixel_values=images)
+                if args.tower in ("text", "both"):
+                    fns["text_cliplab"] = lambda: ours.encode_text(ids)
+                    fns["text_hf"] = lambda: hf.get_text_features(input_ids=ids)
+                times = _race(fns, args.repeats)
+            r = {"precision": precision, **{name: n / statistics.median(ts) for name, ts in times.items()}}
+            for tower in ("image", "text"):
+                if f"{tower}_cliplab" in times:
+                    r[f"{tower}_speedup"] = _speedup(times[f"{tower}_cliplab"], times[f"{tower}_hf"])
             rows.append(r)
-    print(f"{'precision':<10}{'image cliplab':>15}{'image HF':>10}{'x':>6}{'text cliplab':>14}{'text HF':>10}{'x':>6}")
+    print(f"{'precision':<10}{'tower':<7}{'cliplab':>11}{'HF':>11}{'speed-up':>10}")
     for r in rows:
-        print(f"{r['precision']:<10}{r['image_cliplab']:>13.1f}/s{r['image_hf']:>8.1f}/s{r['image_speedup']:>6.2f}"
-              f"{r['text_cliplab']:>12.1f}/s{r['text_hf']:>8.1f}/s{r['text_speedup']:>6.2f}")
+        for tower in ("image", "text"):
+            if f"{tower}_speedup" in r:
+                print(f"{r['precision']:<10}{tower:<7}{r[f'{tower}_cliplab']:>9.1f}/s{r[f'{tower}_hf']:>9.1f}/s"
+                      f"{r[f'{tower}_speedup']:>9.2f}x")
     print(json.dumps({"bench": "inference", "model": "ViT-B-32", "batch": n, "threads": torch.get_num_threads(),
                       "rows": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
 

@@ -14,9 +14,7 @@ class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``: the GELU approximation OpenAI's CLIP weights were trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return x * torch.sigmoid(1.702 * x)
-        return (x * 1.702).sigmoid_().mul_(x)  # inference: one allocation instead of three
+        return x * torch.sigmoid(1.702 * x)
 
 
 def activation(name: str) -> nn.Module:
@@ -102,7 +100,20 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc(x)))
+        h = self.fc(x)  # (..., hidden)
+        if (torch.is_grad_enabled() and h.requires_grad) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.proj(self.act(h))
+        return self.proj(_activate_inplace(self.act, h))
+
+
+def _activate_inplace(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Inference: the activation written over ``h`` (no new (tokens × hidden) buffer, the largest in a block).
+    QuickGELU ``h·σ(1.702h)`` runs as ``silu(1.702h) / 1.702``: three passes, no temporary."""
+    if isinstance(act, QuickGELU):
+        return F.silu(h.mul_(1.702), inplace=True).mul_(1 / 1.702)
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(h, approximate=act.approximate)
+    return act(h)
 
 
 class Block(nn.Module):
@@ -116,14 +127,20 @@ class Block(nn.Module):
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
-        return x + self.mlp(self.ln_2(x))
+        x = _residual(x, self.attn(self.ln_1(x), causal=causal))
+        return _residual(x, self.mlp(self.ln_2(x)))
 
     def forward_row(self, x: torch.Tensor, row: torch.Tensor, causal: bool = False) -> torch.Tensor:
         """``forward(x)[arange(B), row]`` (B, C) without computing the other positions' outputs."""
         y = x[torch.arange(x.shape[0], device=x.device), row]  # (B, C)
-        y = y + self.attn.forward_row(self.ln_1(x), row, causal=causal)
-        return y + self.mlp(self.ln_2(y))
+        y = _residual(y, self.attn.forward_row(self.ln_1(x), row, causal=causal))
+        return _residual(y, self.mlp(self.ln_2(y)))
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """``x + branch``, written into the branch's fresh output when the dtypes agree (no new allocation; autograd
+    keeps no GEMM output). Under autocast the branch is low precision and the sum stays in x's."""
+    return branch.add_(x) if branch.dtype == x.dtype and branch.shape == x.shape else x + branch
 
 
 class Transformer(nn.Module):
