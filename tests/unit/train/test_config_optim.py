@@ -52,3 +52,29 @@ def test_schedule():
     assert lr_at(35, cfg, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
     assert lr_at(50, OptimConfig(lr=2.0, warmup_steps=0, schedule="constant"), 100) == 2.0
     assert isinstance(torch.tensor(lr_at(5, cfg, 110)).item(), float)
+
+
+def test_fused_optimizer_steps_like_the_reference_adamw():
+    torch.manual_seed(0)
+    model = create_model("ViT-Tiny-32px")
+    ref = create_model("ViT-Tiny-32px")
+    ref.load_state_dict(model.state_dict())
+    cfg = OptimConfig(lr=1e-2)
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"]
+    ref_groups = [{"params": [p for (_, p), g in zip(ref.named_parameters(), _group_of(opt, model), strict=True)
+                              if g == i], "weight_decay": opt.param_groups[i]["weight_decay"]} for i in range(2)]
+    ref_opt = torch.optim.AdamW(ref_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
+    for step in range(3):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            g = torch.Generator().manual_seed(step)
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            o.step()
+    for (name, a), b in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def _group_of(opt, model):
+    ids = [{id(p) for p in group["params"]} for group in opt.param_groups]
+    return [0 if id(p) in ids[0] else 1 for p in model.parameters()]
