@@ -17,16 +17,18 @@ import torch
 
 def main() -> None:
     import open_clip
-    from bench_train import caption_ids, make_step  # this folder is on sys.path when run as a script
+    from bench_train import _paired_speedup, caption_ids, make_step  # this folder is on sys.path when run as a script
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     from cliplab.convert.openai import from_openai, infer_config
     from cliplab.loss import clip_loss
     from cliplab.model.build import create_model
+    from cliplab.train.config import OptimConfig
+    from cliplab.train.optim import build_optimizer
 
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
     torch.manual_seed(0)
@@ -54,8 +56,13 @@ def main() -> None:
         out = ours(images, ids)
         return clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
 
-    step_ours = make_step(loss_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4))
-    step_ref = make_step(lambda: ref_loss(*ref(images, ids)), torch.optim.AdamW(ref.parameters(), lr=1e-4))
+    # Each side steps with what its trainer builds: cliplab's fused AdamW; open_clip's training script's
+    # torch.optim.AdamW (not fused), with the same hyper-parameters.
+    settings = OptimConfig(lr=1e-4)
+    step_ours = make_step(loss_ours, build_optimizer(ours, settings))
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps,
+                                weight_decay=settings.weight_decay)
+    step_ref = make_step(lambda: ref_loss(*ref(images, ids)), opt_ref)
 
     rows = []
     for precision in ("fp32", "bf16"):
@@ -70,7 +77,7 @@ def main() -> None:
         row = {"precision": precision}
         for name in times:
             row[f"{name}_samples_per_s"] = round(n / statistics.median(times[name][1:]), 1)
-        row["speedup"] = round(row["cliplab_samples_per_s"] / row["open_clip_samples_per_s"], 2)
+        row["speedup"] = _paired_speedup(times["cliplab"][1:], times["open_clip"][1:])
         rows.append(row)
     print(f"text embeddings before training agree to {max_diff:.1e}")
     print(f"{'precision':<10}{'cliplab/s':>11}{'open_clip/s':>13}{'x':>6}")
