@@ -19,12 +19,13 @@ import torch
 
 def _race(fns: dict, repeats: int) -> dict:
     """Seconds per call of each function over ``repeats`` rounds; in each round every function runs once, in
-    turn, so a slow spell of the machine hits all contestants of that round alike."""
+    turn, so a slow spell of the machine hits all contestants of that round alike. The order flips every
+    round: a call right after a same-shaped one reuses its freed buffers, which favours the second."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for i in range(repeats):
+        for name, fn in (fns.items() if i % 2 == 0 else reversed(fns.items())):
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)

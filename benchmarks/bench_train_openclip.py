@@ -68,8 +68,9 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         enabled = precision == "bf16"
         times = {"cliplab": [], "open_clip": []}
-        for _ in range(args.steps + 1):
-            for name, fn in (("cliplab", step_ours), ("open_clip", step_ref)):
+        contestants = [("cliplab", step_ours), ("open_clip", step_ref)]
+        for i in range(args.steps + 1):  # the order flips every round (the second reuses freed buffers)
+            for name, fn in (contestants if i % 2 == 0 else contestants[::-1]):
                 t = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
                     fn()
