@@ -3,7 +3,7 @@
 ViT-B/32, batch 32, fp32 and bf16 autocast, interleaved call by call in one process (median).
 Prints a table and one JSON line.
 Speed-up: median over rounds of HF's time over cliplab's (adjacent calls); rates: median per call.
-Usage: python benchmarks/bench_inference.py [--repeats 15] [--batch 32] [--tower image|text|both]
+Usage: python benchmarks/bench_inference.py [--repeats 15] [--batch 32] [--tower image|text|both] [--compile]
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--tower", choices=("image", "text", "both"), default="both")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both image towers under torch.compile with freezing (cliplab's "
+                        "compile_for_inference, HF's get_image_features the same way); compilation is excluded")
     args = p.parse_args()
     torch.manual_seed(0)
     hf = transformers.CLIPModel(transformers.CLIPConfig()).eval()
@@ -53,6 +56,17 @@ def main() -> None:
         hf.save_pretrained(d)
         ours, _, _ = load_model(d)
     n = args.batch
+    if args.compile:
+        import copy
+
+        compiled = copy.deepcopy(ours).compile_for_inference()
+        import torch._inductor.config as inductor_config
+
+        hf_compiled = torch.compile(hf.get_image_features, dynamic=False)
+
+        def hf_image_compiled(**kwargs):
+            with inductor_config.patch(freezing=True):  # the same compilation as compile_for_inference
+                return hf_compiled(**kwargs)
     images = torch.randn(n, 3, 224, 224)
     ids = torch.zeros(n, 77, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
@@ -69,6 +83,9 @@ def main() -> None:
                 if args.tower in ("image", "both"):
                     fns["image_cliplab"] = lambda: ours.encode_image(images)
                     fns["image_hf"] = lambda: hf.get_image_features(pixel_values=images)
+                if args.compile and args.tower in ("image", "both"):
+                    fns["image_cliplab_compiled"] = lambda: compiled.encode_image(images)
+                    fns["image_hf_compiled"] = lambda: hf_image_compiled(pixel_values=images)
                 if args.tower in ("text", "both"):
                     fns["text_cliplab"] = lambda: ours.encode_text(ids)
                     fns["text_hf"] = lambda: hf.get_text_features(input_ids=ids)
@@ -77,6 +94,9 @@ def main() -> None:
             for tower in ("image", "text"):
                 if f"{tower}_cliplab" in times:
                     r[f"{tower}_speedup"] = _speedup(times[f"{tower}_cliplab"], times[f"{tower}_hf"])
+            if "image_cliplab_compiled" in times:
+                r["compiled_vs_hf_eager"] = _speedup(times["image_cliplab_compiled"], times["image_hf"])
+                r["compiled_vs_hf_compiled"] = _speedup(times["image_cliplab_compiled"], times["image_hf_compiled"])
             rows.append(r)
     print(f"{'precision':<10}{'tower':<7}{'cliplab':>11}{'HF':>11}{'speed-up':>10}")
     for r in rows:
@@ -84,6 +104,10 @@ def main() -> None:
             if f"{tower}_speedup" in r:
                 print(f"{r['precision']:<10}{tower:<7}{r[f'{tower}_cliplab']:>9.1f}/s{r[f'{tower}_hf']:>9.1f}/s"
                       f"{r[f'{tower}_speedup']:>9.2f}x")
+        if "compiled_vs_hf_eager" in r:
+            print(f"{r['precision']:<10}{'image, both compiled':<21}{r['image_cliplab_compiled']:.1f}/s vs "
+                  f"{r['image_hf_compiled']:.1f}/s: {r['compiled_vs_hf_compiled']:.2f}x; compiled cliplab vs "
+                  f"HF eager: {r['compiled_vs_hf_eager']:.2f}x")
     print(json.dumps({"bench": "inference", "model": "ViT-B-32", "batch": n, "threads": torch.get_num_threads(),
                       "rows": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
 

@@ -56,8 +56,28 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Images (N, 3, S, S) → embeddings (N, D)."""
-        x = self.visual(images)
+        compiled = self.__dict__.get("_compiled_visual")
+        x = compiled(images) if compiled is not None and not torch.is_grad_enabled() else self.visual(images)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def compile_for_inference(self) -> CLIP:
+        """Compile the image tower with ``torch.compile`` for inference (inductor, weights frozen into the graph
+        as constants), used by :meth:`encode_image` whenever autograd is off. The first call per input shape
+        compiles (20-35 s for ViT-B/32 on 2 CPU cores); after that it ran 1.1-1.3x the eager tower. The text
+        tower stays eager: it drops padding per batch, which a compiled graph cannot. Weights are read when a
+        shape is compiled: call this again after changing them."""
+        import torch._inductor.config as inductor_config
+
+        compiled = torch.compile(self.visual, dynamic=False)
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            # Freezing (weights as constants, pre-packed for the matmul library) is read when a shape compiles;
+            # torch.compile's `options` does not pass it on, so patch the config around each call.
+            with inductor_config.patch(freezing=True):
+                return compiled(images)
+
+        self.__dict__["_compiled_visual"] = run  # in __dict__, not a submodule: the state dict stays as it is
+        return self
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Token ids (M, L) → embeddings (M, D)."""

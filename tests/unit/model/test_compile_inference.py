@@ -1,0 +1,22 @@
+"""compile_for_inference: the compiled image tower gives the eager tower's embeddings, only without autograd."""
+
+import torch
+
+from cliplab.api import create_model
+
+
+def test_compiled_image_tower_matches_eager():
+    torch.manual_seed(0)
+    model = create_model("ViT-Tiny-32px").eval()
+    keys = list(model.state_dict())
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        eager = model.encode_image(images, normalize=True)
+        model.compile_for_inference()
+        compiled = model.encode_image(images, normalize=True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert list(model.state_dict()) == keys  # the compiled tower is not a submodule
+    out = model.encode_image(images)  # autograd on: the eager tower, so gradients flow
+    assert out.requires_grad
+    out.sum().backward()
+    assert model.visual.proj.weight.grad is not None
