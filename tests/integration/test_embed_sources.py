@@ -61,6 +61,17 @@ def test_shards_embed_like_the_files_and_resume(world, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_compiled_embed_equals_eager(world):
+    """--compile: batches of 7, 7, 7 and a padded last one of 3 give the eager vectors."""
+    root, _ = world
+    assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "imgs"), "--output",
+                 str(root / "compiled-store"), "--dtype", "float32", "--batch-size", "7", "--compile"]) == 0
+    compiled, eager = _by_path(EmbeddingStore(root / "compiled-store")), _by_path(EmbeddingStore(root / "folder-store"))
+    assert compiled.keys() == eager.keys() and len(compiled) == 24
+    for path, vec in compiled.items():
+        np.testing.assert_allclose(vec, eager[path], atol=1e-5)
+
+
 def test_texts_are_embedded_once(world, capsys):
     root, _ = world
     texts = root / "texts.txt"

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv-caption-key", default=None)
     p.add_argument("--csv-separator", default=",")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the image tower first (torch.compile; 20-35 s once, then a few %% faster)")
     p.set_defaults(func=run)
 
 
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model, cfg, root = load_model(args.checkpoint, device=device)
+    if args.compile:
+        model.compile_for_inference()
     store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype,
                                           model_id=str(args.checkpoint), rank=rank)
     items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
