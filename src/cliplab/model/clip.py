@@ -90,6 +90,11 @@ class CLIP(nn.Module):
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_compiled_visual", None)  # tied to this object's weights: copies and pickles run eager
+        return state
+
     def scale(self) -> torch.Tensor:
         """The logit multiplier: ``exp(logit_scale)`` capped at ``max_logit_scale``."""
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)

@@ -1,5 +1,7 @@
 """compile_for_inference: the compiled image tower gives the eager tower's embeddings, only without autograd."""
 
+import copy
+
 import torch
 
 from cliplab.api import create_model
@@ -22,3 +24,13 @@ def test_compiled_image_tower_matches_eager():
     assert out.requires_grad
     out.sum().backward()
     assert model.visual.proj.weight.grad is not None
+
+
+def test_a_copy_of_a_compiled_model_uses_its_own_weights():
+    model = create_model("ViT-Tiny-32px").eval().compile_for_inference()
+    clone = copy.deepcopy(model)
+    assert "_compiled_visual" not in clone.__dict__
+    with torch.no_grad():
+        clone.visual.proj.weight.mul_(2)
+        images = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(clone.encode_image(images), clone.visual(images))
