@@ -37,6 +37,6 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, C)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, C)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+g*g, C)
-        cls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # (B,): the class token's position
-        x = self.transformer(self.ln_pre(x), row=cls)  # (B, C)
+        pooled = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # (B,): the class token's position
+        x = self.transformer(self.ln_pre(x), row=pooled)  # (B, C)
         return self.proj(self.ln_post(x))  # (B, D)
