@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cliplab.model.cpu_inference import inference_path
+
 __all__ = ["MLP", "Attention", "Block", "QuickGELU", "Transformer", "activation"]
 
 
@@ -131,6 +133,9 @@ class Block(nn.Module):
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        fast = inference_path(self, x)
+        if fast is not None:
+            return fast(self, x, causal)
         x = _residual(x, self.attn(self.ln_1(x), causal=causal))
         return _residual(x, self.mlp(self.ln_2(x)))
 
@@ -139,6 +144,11 @@ class Block(nn.Module):
         y = x[torch.arange(x.shape[0], device=x.device), row]  # (B, C)
         y = _residual(y, self.attn.forward_row(self.ln_1(x), row, causal=causal))
         return _residual(y, self.mlp(self.ln_2(y)))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_onednn_weights", None)  # a cache of opaque oneDNN tensors: copies and pickles pack again
+        return state
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,22 @@
-"""The block's fast paths (QuickGELU folded into the GEMMs, in-place activation and residuals) equal a naive
-pre-LN block on the same weights, in float64, forward and backward, in training and in inference."""
+"""The block's fast paths (QuickGELU folded into the GEMMs, in-place activation and residuals, the CPU inference
+paths of ``cpu_inference``) equal a naive pre-LN block on the same weights, in float64, forward and backward, in
+training and in inference."""
+
+import copy
+import pickle
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cliplab.model import cpu_inference
 from cliplab.model.layers import Block
 
 
-def _naive(block: Block, x: torch.Tensor, act: str) -> torch.Tensor:
+def _naive(block: Block, x: torch.Tensor, act: str, causal: bool = False) -> torch.Tensor:
     def mlp(h):
         h = F.linear(h, block.mlp.fc.weight, block.mlp.fc.bias)
-        h = h * torch.sigmoid(1.702 * h) if act == "quick_gelu" else F.gelu(h)
+        h = h * torch.sigmoid(1.702 * h) if act == "quick_gelu" else F.gelu(h, approximate=block.mlp.act.approximate)
         return F.linear(h, block.mlp.proj.weight, block.mlp.proj.bias)
 
     def attn(h):
@@ -19,7 +24,10 @@ def _naive(block: Block, x: torch.Tensor, act: str) -> torch.Tensor:
         nh = block.attn.heads
         q, k, v = F.linear(h, block.attn.qkv.weight, block.attn.qkv.bias).view(B, T, 3, nh, C // nh).permute(
             2, 0, 3, 1, 4)  # 3 × (B, nh, T, hs)
-        w = (q @ k.transpose(-1, -2) / (C // nh) ** 0.5).softmax(-1)  # (B, nh, T, T)
+        s = q @ k.transpose(-1, -2) / (C // nh) ** 0.5  # (B, nh, T, T)
+        if causal:
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        w = s.softmax(-1)
         return F.linear((w @ v).transpose(1, 2).reshape(B, T, C), block.attn.out.weight, block.attn.out.bias)
 
     x = x + attn(F.layer_norm(x, x.shape[-1:], block.ln_1.weight, block.ln_1.bias, block.ln_1.eps))
@@ -28,7 +36,9 @@ def _naive(block: Block, x: torch.Tensor, act: str) -> torch.Tensor:
 
 def _block(act: str) -> Block:
     torch.manual_seed(0)
-    block = Block(32, 4, 4.0, act, 1e-5).double()
+    block = Block(32, 4, 4.0, "gelu" if act == "gelu_tanh" else act, 1e-5).double()
+    if act == "gelu_tanh":
+        block.mlp.act.approximate = "tanh"
     for p in block.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     return block
@@ -48,16 +58,94 @@ def test_block_equals_naive_forward_and_backward(act):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
-def test_block_inference_equals_naive_and_leaves_input_alone(act):
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu", "gelu_tanh"])
+def test_block_inference_equals_naive_and_leaves_input_alone(act, causal):
+    """Without autograd the ``folded`` path runs: the key bias dropped, the value bias moved, GEMMs accumulating."""
     block = _block(act)
     x = torch.randn(3, 7, 32, dtype=torch.float64)
     x0 = x.clone()
     with torch.no_grad():
-        y = block(x)
-        ref = _naive(block, x, act)
+        assert cpu_inference.inference_path(block, x) is cpu_inference._folded
+        y = block(x, causal=causal)
+        ref = _naive(block, x, act, causal)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     assert torch.equal(x, x0)
+
+
+def test_inference_path_choice():
+    block = _block("quick_gelu").float()
+    x = torch.randn(2, 5, 32)
+    path = cpu_inference.inference_path
+    assert path(block, x) is None  # autograd records: the parameters require grad
+    with torch.no_grad():
+        assert path(block, x) is cpu_inference._folded
+        assert path(block, x.to("meta")) is None
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert path(block, x) is None
+    block.requires_grad_(False)
+    assert path(block, x) is cpu_inference._folded  # a frozen block on an input that needs no gradient
+    assert path(block, x.requires_grad_()) is None
+
+
+onednn = pytest.mark.skipif(not cpu_inference._onednn_bf16(), reason="this CPU has no oneDNN bf16 support")
+
+
+def _plain(block: Block, x: torch.Tensor, causal: bool, monkeypatch) -> torch.Tensor:
+    with monkeypatch.context() as m:
+        m.setattr("cliplab.model.layers.inference_path", lambda block, x: None)
+        return block(x, causal=causal)
+
+
+@onednn
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("mode", ["autocast-fp32-stream", "autocast-bf16-stream", "bf16-model"])
+def test_onednn_path_equals_naive_within_bf16_rounding(act, causal, mode, monkeypatch):
+    block = _block(act).float()
+    x = torch.randn(4, 9, 32)
+    ref = _naive(block.double(), x.double(), act, causal)
+    block = block.float()
+    if mode == "bf16-model":
+        block, x = block.bfloat16(), x.bfloat16()
+    elif mode == "autocast-bf16-stream":
+        x = x.bfloat16()
+    x0 = x.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "bf16-model"):
+        assert cpu_inference.inference_path(block, x) is cpu_inference._onednn
+        y = block(x, causal=causal)
+        plain = _plain(block, x, causal, monkeypatch)
+    assert y.dtype == x.dtype == plain.dtype
+    assert torch.equal(x, x0)
+    scale = ref.abs().max().item()
+    assert (y.double() - ref).abs().max().item() <= 0.02 * scale
+    # no further from the float64 truth than the plain bf16 path, give or take one bf16 rounding step
+    assert (y.double() - ref).abs().max().item() <= (plain.double() - ref).abs().max().item() + 2**-8 * scale
+
+
+@onednn
+def test_onednn_weights_packed_again_after_a_weight_changes():
+    block = _block("quick_gelu").float()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        block(x)
+        block.mlp.proj.weight.mul_(-1)  # in place, as an optimizer step or load_state_dict does
+        y = block(x)
+    ref = _naive(block.double(), x.double(), "quick_gelu")
+    assert (y.double() - ref).abs().max().item() <= 0.02 * ref.abs().max().item()
+
+
+@onednn
+def test_block_copies_and_pickles_after_onednn_inference():
+    """The packed weights are opaque oneDNN tensors: copies and pickles leave them out and pack their own."""
+    block = _block("gelu").float()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+        for other in (copy.deepcopy(block), pickle.loads(pickle.dumps(block))):
+            assert "_onednn_weights" not in other.__dict__
+            assert torch.equal(other(x), y)
+    assert set(block.state_dict()) == set(other.state_dict())
 
 
 def test_frozen_block_with_trainable_input_gets_input_gradient():
