@@ -53,6 +53,7 @@ def cached_accumulation_step(
     max_logit_scale: float = 100.0,
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     embed: Embed | None = None,
+    scale_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of ``loss_fn`` over all micro-batches at once; return the loss.
 
@@ -67,6 +68,8 @@ def cached_accumulation_step(
             DDP pass one that calls the wrapper's ``forward`` (DDP only synchronises gradients of graphs built
             through it); ``logit_scale``/``logit_bias`` are then read from ``model.module``, and all but the
             last micro-batch run under ``model.no_sync()``.
+        scale_loss: applied to each backward's objective, e.g. an fp16 ``GradScaler.scale`` (the gradients then
+            carry its factor, as after ``scaler.scale(loss).backward()``).
     """
     if not micro_batches:
         raise ValueError("cached_accumulation_step needs at least one micro-batch")
@@ -111,7 +114,7 @@ def cached_accumulation_step(
                 + (part_txt.float() * g_txt[start : start + n]).sum()
             if k == last:
                 surrogate = surrogate + _temperature_surrogate(core, grads, max_logit_scale)
-            surrogate.backward()
+            (surrogate if scale_loss is None else scale_loss(surrogate)).backward()
         start += n
     _set_rng_state(after, device)
     return loss.detach()

@@ -53,7 +53,8 @@ def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, opti
 
         micro = list(zip(images.chunk(accum_steps), texts.chunk(accum_steps), strict=True))
         loss = cached_accumulation_step(model, micro, loss_fn, amp=amp, embed=embed,
-                                        max_logit_scale=unwrap(model).cfg.max_logit_scale)
+                                        max_logit_scale=unwrap(model).cfg.max_logit_scale,
+                                        scale_loss=None if scaler is None else scaler.scale)
     else:
         with amp():
             out = model(images, texts)
