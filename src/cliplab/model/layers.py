@@ -132,10 +132,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, workspace: dict | None = None) -> torch.Tensor:
+        """``workspace``: buffers that the CPU inference path may reuse across the blocks of one stack (the
+        output may then live in one of them, so pass a dict only where the next block consumes the output)."""
         fast = inference_path(self, x)
         if fast is not None:
-            return fast(self, x, causal)
+            return fast(self, x, causal, workspace)
         x = _residual(x, self.attn(self.ln_1(x), causal=causal))
         return _residual(x, self.mlp(self.ln_2(x)))
 
@@ -169,11 +171,12 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False, row: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C) → (B, T, C); with ``row`` (B,), only the output at that position of each sample, (B, C):
         the last block then skips the query, output projection and MLP of every other position (exact)."""
+        workspace = {}  # buffers the blocks' inference path reuses; the last output may live in one
         for i, block in enumerate(self.blocks):
             if row is not None and i == len(self.blocks) - 1:
                 fn, args = block.forward_row, (x, row, causal)
             else:
-                fn, args = block, (x, causal)
+                fn, args = block, (x, causal, workspace)
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(fn, *args, use_reentrant=False)
             else:

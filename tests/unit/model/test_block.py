@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cliplab.model import cpu_inference
-from cliplab.model.layers import Block
+from cliplab.model.layers import Block, Transformer
 
 
 def _naive(block: Block, x: torch.Tensor, act: str, causal: bool = False) -> torch.Tensor:
@@ -166,3 +166,24 @@ def test_bf16_autocast_keeps_residual_stream_in_fp32():
     with torch.no_grad():
         ref = _naive(block.double(), x.double(), "quick_gelu")
     assert (y.double() - ref).abs().max().item() <= 0.02 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_stack_inference_reuses_buffers_and_equals_naive(causal):
+    """Blocks of one stack share a workspace: each call's output stays its own, the input is left alone."""
+    torch.manual_seed(0)
+    stack = Transformer(32, 3, 4, 4.0, "quick_gelu", 1e-5).double()
+    for p in stack.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 7, 32, dtype=torch.float64)
+    x0 = x.clone()
+    ref = x
+    for block in stack.blocks:
+        ref = _naive(block, ref, "quick_gelu", causal)
+    with torch.no_grad():
+        y = stack(x, causal=causal)
+        y_again = stack(2 * x, causal=causal)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, x0)
+    assert not torch.equal(y, y_again)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)  # not overwritten by the second call
