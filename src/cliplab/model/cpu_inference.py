@@ -69,23 +69,13 @@ def _onednn_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _attention(qkv: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
-    """(B, T, 3C) packed q, k, v → (B, T, C) attention output, through SDPA (its flash kernel is the fastest
-    here without autograd)."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    q, k, v = qkv.view(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nh, T, hs)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, nh, T, hs)
-    return y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-
-
 def _folded(block: Block, x: torch.Tensor, causal: bool, workspace: dict | None = None) -> torch.Tensor:
     B, T, C = x.shape
     qkv, out, fc, proj = block.attn.qkv, block.attn.out, block.mlp.fc, block.mlp.proj
     x = x.reshape(B * T, C)  # (BT, C)
     h = torch.mm(block.ln_1(x), qkv.weight.t(), out=_buffer(workspace, "qkv", (B * T, 3 * C), x))  # no bias pass
     h[:, :C].add_(qkv.bias[:C])  # the query bias only; the key bias cancels in softmax
-    y = _attention(h.view(B, T, 3 * C), block.attn.heads, causal).view(B * T, C)  # (BT, C)
+    y = block.attn.attend(h.view(B, T, 3 * C), causal).view(B * T, C)  # (BT, C)
     out_bias = torch.addmv(out.bias, out.weight, qkv.bias[2 * C:])  # value bias, through the output projection
     # the new residual stream: a workspace buffer (in place from the second block on) or a new tensor, never
     # the caller's x
@@ -122,7 +112,7 @@ def _onednn(block: Block, x: torch.Tensor, causal: bool, workspace: dict | None 
         fc_attr, fc_alg = "swish", ""
     with torch.autocast("cpu", enabled=False):
         h = block.ln_1(x).to(torch.bfloat16)  # (B, T, C): layer norm in x's precision, as autocast runs it
-        y = _attention(lin(h, *w["qkv"], "none", [], ""), block.attn.heads, causal)  # (B, T, C)
+        y = block.attn.attend(lin(h, *w["qkv"], "none", [], ""), causal)  # (B, T, C)
         if x.dtype == torch.bfloat16:  # the residual sum inside the GEMM too, into a new residual stream
             x = torch.ops.mkldnn._linear_pointwise.binary(y, x, *w["out"], "add")
         else:
@@ -141,12 +131,11 @@ def _packed(block: Block, rows: int) -> dict[str, tuple[torch.Tensor, torch.Tens
     cached = block.__dict__.get("_onednn_weights")
     if cached is not None and _unchanged(cached[0], params):
         return cached[1]
-    quick = not isinstance(block.mlp.act, nn.GELU)
-    scale = {"fc": _QUICK_GELU if quick else 1.0, "proj": 1 / _QUICK_GELU if quick else 1.0}
+    k = 1.0 if isinstance(block.mlp.act, nn.GELU) else _QUICK_GELU
     packed = {}
     with torch.no_grad():
         for name, m in mods.items():
-            s = scale.get(name, 1.0)
+            s = {"fc": k, "proj": 1 / k}.get(name, 1.0)
             weight = (m.weight.float() * s).to(torch.bfloat16)
             bias = m.bias.float() * s if name == "fc" else m.bias.float()
             packed[name] = (torch.ops.mkldnn._reorder_linear_weight(weight, rows), bias.to(torch.bfloat16))

@@ -37,12 +37,15 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.heads, C // self.heads)  # (B, T, 3, nh, hs)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nh, T, hs)
+        return self.out(self.attend(self.qkv(x), causal))
+
+    def attend(self, qkv: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """(B, T, 3C) projected queries, keys and values → (B, T, C) attention output, before ``out``."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nh, T, hs)
         y = _attention(q, k, v, causal=causal)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.out(y)
+        return y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
 
     def forward_row(self, x: torch.Tensor, row: torch.Tensor, causal: bool = False) -> torch.Tensor:
         """Attention output at one position per sample, ``row`` (B,), from keys and values at every position
