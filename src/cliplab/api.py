@@ -21,7 +21,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` → CUDA when available, else CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CliplabError(f"device {device!r}: not a device name (cpu, cuda, cuda:1, auto, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliplabError(f"device {device} requested but CUDA is not available")
     return device
@@ -63,7 +66,8 @@ def create_model(arch: str | ModelConfig, device: str | torch.device | None = "c
     return _build(cfg).to(resolve_device(device))
 
 
-def _read_any(path: Path, allow_unsafe: bool) -> tuple[CLIPConfig, dict[str, torch.Tensor], Path | None]:
+def _read_any(path: Path, allow_unsafe: bool,
+              arch: ModelConfig | None = None) -> tuple[CLIPConfig, dict[str, torch.Tensor], Path | None]:
     """(config, state dict, folder that holds side files such as a learned tokenizer)."""
     from cliplab import checkpoint
 
@@ -78,7 +82,7 @@ def _read_any(path: Path, allow_unsafe: bool) -> tuple[CLIPConfig, dict[str, tor
         return cfg, sd, path if path.is_dir() else path.parent
     from cliplab.convert import load_foreign
 
-    cfg, sd = load_foreign(path, allow_unsafe=allow_unsafe)
+    cfg, sd = load_foreign(path, allow_unsafe=allow_unsafe, arch=arch)
     return cfg, sd, None
 
 
@@ -88,12 +92,17 @@ def load_model(
     pretrained: str | None = None,
     allow_unsafe: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    arch: ModelConfig | None = None,
 ) -> tuple[CLIP, CLIPConfig, Path | None]:
     """Load weights from a native checkpoint (file or folder), a training run folder (its latest
     checkpoint), an OpenAI / open_clip / Hugging Face checkpoint, or a known name + pretrained tag.
+    ``arch`` overrides the architecture inferred from an OpenAI / open_clip state dict's shapes.
 
-    Returns ``(model in eval mode, resolved config, folder of side files or None)``.
+    Returns ``(model in eval mode with float32 parameters, resolved config, folder of side files or None)``;
+    half-precision files (OpenAI's releases are fp16) are widened, as OpenAI's ``clip.load`` does on CPU;
+    use ``torch.autocast`` (or ``model.half()`` on CUDA) for low-precision inference.
     """
+    device = resolve_device(device)
     path = Path(name_or_path)
     if not path.exists():
         name = str(name_or_path)
@@ -102,11 +111,13 @@ def load_model(
         from cliplab import weights
 
         path = weights.download(name, pretrained, cache_dir=cache_dir)
-    cfg, sd, root = _read_any(path, allow_unsafe)
+    cfg, sd, root = _read_any(path, allow_unsafe, arch)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     with torch.device("meta"):
         model = _build(cfg.model)
     model.load_state_dict(sd, assign=True)
-    model = model.to(resolve_device(device)).eval()
+    model = model.to(device).eval()
+    model.loaded_from = (cfg, root)  # lets classify() find the weights' own preprocessing and tokenizer
     return model, cfg, root
 
 
@@ -134,20 +145,29 @@ def classify(
     images: Sequence[Any],
     labels: Sequence[str],
     model: CLIP,
-    preprocess: Any,
-    tokenizer: Any,
+    preprocess: Any = None,
+    tokenizer: Any = None,
     templates: Sequence[str] | str = "a photo of a {}.",
     top_k: int | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Zero-shot classification: for each image, ``[{"label", "score"}, ...]`` sorted by probability.
 
     ``images`` are PIL images or already-preprocessed tensors (3, S, S); ``templates`` is one template,
-    a list (ensembled), or a built-in template-set name such as ``"openai-imagenet"``.
+    a list (ensembled), or a built-in template-set name such as ``"openai-imagenet"``. Without
+    ``preprocess`` or ``tokenizer``, those of the checkpoint the model was loaded from are used (for a model
+    made with ``create_model``: OpenAI's statistics and tokenizer).
     """
     from cliplab.eval.zeroshot import zero_shot_classifier
+    from cliplab.tokenizer import get_tokenizer
+    from cliplab.transforms import Preprocess
 
+    if isinstance(labels, str):
+        raise CliplabError(f"classify: labels must be a list of strings, not the string {labels!r}")
     if not labels:
         raise CliplabError("classify: no candidate labels given")
+    cfg, root = getattr(model, "loaded_from", (CLIPConfig.for_model(model.cfg), None))
+    preprocess = preprocess or Preprocess(cfg.preprocess)
+    tokenizer = tokenizer or get_tokenizer(cfg.tokenizer, root=root)
     if not images:
         return []
     if isinstance(templates, str) and "{}" in templates:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -45,6 +46,41 @@ class ConfigError(CliplabError, ValueError):
     """A configuration file or dictionary is malformed; the message names the field."""
 
 
+_SIGNED = {"init_logit_scale", "init_logit_bias", "mean"}  # numbers that may be zero or negative
+_NON_NEGATIVE = {"eot_token_id"}
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) if integer else math.isfinite(value)
+
+
+def _check_fields(cfg: Any, where: str) -> None:
+    """Every field holds a value of its annotated type (numbers positive unless listed above), so a bad
+    value in a JSON file is a one-line error naming it, not a crash deep inside model construction."""
+    for f in fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if kind.endswith(" | None"):
+            if value is None:
+                continue
+            kind = kind.removesuffix(" | None")
+        if kind == "str":
+            ok, numbers = isinstance(value, str), []
+        elif kind in ("int", "float"):
+            ok, numbers = _is_number(value, kind == "int"), [value]
+        elif kind.startswith("tuple["):
+            integer = kind.startswith("tuple[int")
+            ok = isinstance(value, tuple) and all(_is_number(v, integer) for v in value)
+            numbers = list(value) if ok else []
+        else:
+            continue  # a nested config, checked by its own class
+        if not ok:
+            raise ConfigError(f"{where}.{f.name}: expected {kind}, got {value!r}")
+        if f.name not in _SIGNED and any(v < 0 or (v == 0 and f.name not in _NON_NEGATIVE) for v in numbers):
+            raise ConfigError(f"{where}.{f.name}: must be positive, got {value!r}")
+
+
 def _check_activation(value: str, where: str) -> None:
     if value not in ACTIVATIONS:
         raise ConfigError(f"{where}.activation: unknown activation {value!r} (expected one of {ACTIVATIONS})")
@@ -65,6 +101,7 @@ class ViTConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        _check_fields(self, "vision")
         _check_activation(self.activation, "vision")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -87,7 +124,9 @@ class ResNetConfig:
     heads: int = 32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        _check_fields(self, "vision")
         if len(self.layers) != 4:
             raise ConfigError(f"vision.layers: a ResNet needs 4 stage depths, got {list(self.layers)}")
         if self.image_size % 32:
@@ -110,6 +149,7 @@ class TextTransformerConfig:
     eot_token_id: int = 49407
 
     def __post_init__(self) -> None:
+        _check_fields(self, "text")
         _check_activation(self.activation, "text")
         if self.width % self.heads:
             raise ConfigError(f"text: width {self.width} is not divisible by heads {self.heads}")
@@ -124,6 +164,9 @@ class CBOWTextConfig:
     vocab_size: int = 49408
     width: int = 512
     eot_token_id: int = 49407
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "text")
 
 
 VISION_CONFIGS: dict[str, type] = {"vit": ViTConfig, "resnet": ResNetConfig}
@@ -143,6 +186,9 @@ class ModelConfig:
     max_logit_scale: float = 100.0
     init_logit_bias: float | None = None  # set (e.g. -10) for SigLIP models
 
+    def __post_init__(self) -> None:
+        _check_fields(self, "model")
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -155,6 +201,10 @@ class PreprocessConfig:
     resize_mode: str = "shortest"  # resize the shorter side, then centre-crop
 
     def __post_init__(self) -> None:
+        for key in ("mean", "std"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        _check_fields(self, "preprocess")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -176,6 +226,7 @@ class TokenizerConfig:
     vocab: str | None = None
 
     def __post_init__(self) -> None:
+        _check_fields(self, "tokenizer")
         if self.kind not in ("openai", "bpe"):
             raise ConfigError(f"tokenizer.kind: unknown value {self.kind!r} (expected 'openai' or 'bpe')")
 

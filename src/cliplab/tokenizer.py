@@ -201,6 +201,8 @@ class Tokenizer:
         if len(texts) == 0:
             raise TokenizerError("nothing to tokenize: the list of texts is empty")
         n_ctx = context_length or self.context_length
+        if n_ctx < 2:
+            raise TokenizerError(f"context_length {n_ctx}: needs at least 2 positions (start and end of text)")
         flat, lens = self._encode_flat(texts)
         if not truncate and int(lens.max()) + 2 > n_ctx:
             row = int(np.argmax(lens + 2 > n_ctx))

@@ -15,7 +15,10 @@ Where ``transformers.CLIPImageProcessor`` differs (measured in ``tests/unit/test
 * elsewhere the two agree to ≤ 1e-5 (float rounding of its numpy rescale/normalise).
 
 :func:`load_image` opens a file or bytes, applies the EXIF orientation, maps 16/32-bit and float images
-to 8-bit grey (Pillow's own conversion would clip them), and enforces a decompression-bomb limit.
+to 8-bit grey (Pillow's own conversion would clip them), and enforces a decompression-bomb limit. The
+transforms do the first two themselves for an image the caller opened (OpenAI's pipeline does neither, so
+a rotated phone photo or a 16-bit scan is where the two differ), and refuse a strip so thin that scaling its
+short side up would exceed the same pixel limit.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cliplab.errors import CliplabError
 __all__ = ["ImageError", "Preprocess", "TrainTransform", "image_transform", "load_image", "to_tensor"]
 
 MAX_PIXELS = 178_956_970  # Pillow's own default bomb limit
+ORIENTATION = 0x0112  # the EXIF tag
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
@@ -101,6 +105,9 @@ def _resize_short(img: Image.Image, n: int, resample: int) -> Image.Image:
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(n * long / short)
     size = (n, new_long) if w <= h else (new_long, n)  # (w, h)
+    if n * new_long > MAX_PIXELS:  # a thin strip: scaling its short side up would take gigabytes
+        raise ImageError(f"a {w}x{h} image: its short side scaled to {n} makes it {size[0]}x{size[1]} pixels, "
+                         f"over the limit of {MAX_PIXELS}")
     return img if size == (w, h) else img.resize(size, resample)
 
 
@@ -114,6 +121,15 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """The EXIF orientation applied and 16/32-bit or float pixels mapped to 8-bit, as :func:`load_image`
+    does, for a PIL image the caller opened; a no-op for images without either (OpenAI's pipeline ignores
+    both, so it is bit-identical there)."""
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img) or img
+    return _to_8bit(img)
+
+
 class Preprocess:
     """Evaluation preprocessing: PIL image (any mode) → float tensor (3, S, S)."""
 
@@ -125,6 +141,7 @@ class Preprocess:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         n = self.cfg.image_size
+        img = _upright(img)
         if self.cfg.resize_mode == "squash":
             img = img.resize((n, n), self.resample)
         else:
@@ -168,7 +185,7 @@ class TrainTransform:
         return (width - w) // 2, (height - h) // 2, w, h
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = _rgb(img)  # augmentation resamples in RGB (better than resampling palette indices)
+        img = _rgb(_upright(img))  # augmentation resamples in RGB (better than resampling palette indices)
         left, top, w, h = self.crop_box(*img.size, generator=generator)
         n = self.cfg.image_size
         with warnings.catch_warnings():

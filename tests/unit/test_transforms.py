@@ -146,3 +146,27 @@ def test_train_transform_seeded_and_bounded():
 def test_picklable():
     for t in (Preprocess(PreprocessConfig()), TrainTransform(PreprocessConfig())):
         assert type(pickle.loads(pickle.dumps(t))) is type(t)
+
+
+def test_preprocess_applies_exif_and_maps_16bit_itself(tmp_path):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "r.png", exif=exif)
+    pre = Preprocess(PreprocessConfig(image_size=16))
+    with Image.open(tmp_path / "r.png") as opened:  # opened by the caller, orientation not applied
+        assert torch.equal(pre(opened), pre(load_image(tmp_path / "r.png")))
+        assert not torch.equal(pre(opened), reference(opened, 16))  # OpenAI's pipeline ignores the tag
+    arr = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as deep:
+        assert torch.equal(pre(deep), pre(load_image(tmp_path / "deep.png")))
+        gen = torch.Generator().manual_seed(0)
+        assert TrainTransform(PreprocessConfig(image_size=16))(deep, generator=gen).std() > 0.5  # not all white
+
+
+def test_thin_strip_is_refused_before_resizing():
+    strip = Image.new("RGB", (100_000, 1))
+    with pytest.raises(ImageError, match=r"100000x1 image: its short side scaled to 224 .* over the limit"):
+        Preprocess(PreprocessConfig(image_size=224))(strip)
+    assert Preprocess(PreprocessConfig(image_size=224))(Image.new("RGB", (1000, 10))).shape == (3, 224, 224)

@@ -21,9 +21,10 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.checkpoint import save_checkpoint, validate_state_dict
     from cliplab.config import CLIPConfig, load_arch
 
-    model, cfg, root = load_model(args.src, allow_unsafe=args.allow_unsafe_pickle)
-    if args.arch:
-        forced = CLIPConfig.for_model(load_arch(args.arch), name=args.arch)
+    forced = CLIPConfig.for_model(load_arch(args.arch), name=args.arch) if args.arch else None
+    model, cfg, root = load_model(args.src, allow_unsafe=args.allow_unsafe_pickle,
+                                  arch=forced.model if forced else None)
+    if forced:
         validate_state_dict(forced, model.state_dict(), source=args.src)
         cfg = forced
     if args.format == "hf":

@@ -130,6 +130,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from cliplab.data.csv import read_rows
     from cliplab.errors import CliplabError
     from cliplab.eval.retrieval import retrieval_metrics
+    from cliplab.model.text_transformer import batches_by_length
 
     model, preprocess, tokenizer = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
@@ -144,11 +145,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
     root = Path(args.data).parent
     image_emb = _encode_images(model, [root / p for p in index], preprocess, args, device)  # (Ni, D)
     captions = [c for _, c in rows]
+    tokens = tokenizer(captions)  # (Nt, L)
+    text_emb = torch.empty(len(captions), model.cfg.embed_dim)  # (Nt, D)
     with torch.no_grad():
-        text_emb = torch.cat([
-            model.encode_text(tokenizer(captions[i : i + args.batch_size]).to(device), normalize=True).float().cpu()
-            for i in range(0, len(captions), args.batch_size)
-        ])  # (Nt, D)
+        for batch in batches_by_length(tokens, args.batch_size):
+            text_emb[batch] = model.encode_text(tokens[batch].to(device), normalize=True).float().cpu()
     t2i = torch.tensor([index[image] for image, _ in rows])
     metrics = retrieval_metrics(image_emb, text_emb, t2i, ks=args.ks)
     report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data), **metrics}

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module under ``cliplab.cli`` and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and
 returning an exit code). User mistakes raise :class:`cliplab.errors.CliplabError` and are printed as
-one line; anything else is a bug and keeps its traceback.
+one line, as are operating-system errors on the user's paths (``OSError``: missing file, no permission,
+a file where a folder goes, disk full); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CliplabError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the user gave: missing, a file where a folder goes, no permission, disk full
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from cliplab.config import CLIPConfig
+from cliplab.config import CLIPConfig, ModelConfig
 from cliplab.errors import CliplabError
 
 __all__ = ["load_foreign", "read_pickle", "read_safetensors"]
@@ -48,7 +49,9 @@ def read_pickle(path: Path, allow_unsafe: bool = False) -> dict[str, torch.Tenso
             raise CliplabError(f"{path}: a TorchScript archive (OpenAI's format); {UNSAFE_HINT}")
         return torch.jit.load(str(path), map_location="cpu").state_dict()
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or loading
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         text = str(err)
         culprit = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
@@ -57,8 +60,10 @@ def read_pickle(path: Path, allow_unsafe: bool = False) -> dict[str, torch.Tenso
         if culprit or ((head[:1] == b"\x80" or head == b"PK") and "Weights only load failed" in text):
             detail = f" ({culprit})" if culprit else ""
             raise CliplabError(f"{path}: refused to unpickle{detail}: {UNSAFE_HINT}") from None
+        if head[:1] != b"\x80" and head != b"PK":
+            raise CliplabError(f"{path}: not a PyTorch file (neither a zip archive nor a pickle)") from None
         msg = text.splitlines()[0] if text else type(err).__name__
-        raise CliplabError(f"{path}: unreadable PyTorch file ({msg})") from None
+        raise CliplabError(f"{path}: unreadable or truncated PyTorch file ({msg})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # an open_clip training checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor | int) for v in obj.values()):
@@ -66,22 +71,34 @@ def read_pickle(path: Path, allow_unsafe: bool = False) -> dict[str, torch.Tenso
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str | None = None) -> tuple[CLIPConfig,
-                                                                                                       dict]:
-    """Any OpenAI, open_clip or Hugging Face checkpoint → ``(resolved config, cliplab state dict)``."""
+def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str | None = None,
+                 arch: ModelConfig | None = None) -> tuple[CLIPConfig, dict]:
+    """Any OpenAI, open_clip or Hugging Face checkpoint → ``(resolved config, cliplab state dict)``, checked
+    against each other. ``arch`` replaces the architecture read off the tensor shapes (not for HF folders,
+    whose config.json says it)."""
+    from cliplab.checkpoint import validate_state_dict
     from cliplab.convert.hf import is_hf_dir, read_hf_dir
     from cliplab.convert.openai import from_openai, infer_config
 
     path = Path(path)
     if is_hf_dir(path):
-        return read_hf_dir(path)
-    if path.is_dir():
-        raise CliplabError(f"{path}: a folder that is neither a cliplab checkpoint, a run, nor a HF CLIPModel")
-    if not path.exists():
-        raise CliplabError(f"{path}: no such file")
-    sd = read_safetensors(path) if path.suffix == ".safetensors" else read_pickle(path, allow_unsafe)
-    if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
-        raise CliplabError(f"{path}: HF weights without their config.json; load the whole CLIPModel folder")
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    model_cfg = infer_config(sd, activation=activation or "quick_gelu")
-    return CLIPConfig.for_model(model_cfg), from_openai(sd)
+        cfg, sd = read_hf_dir(path)
+    else:
+        if path.is_dir() and (path / "config.json").exists():
+            raise CliplabError(f"{path}: has a config.json but is neither a cliplab checkpoint (a valid config.json "
+                               "beside model.safetensors) nor a HF CLIPModel (vision_config and text_config)")
+        if path.is_dir():
+            raise CliplabError(f"{path}: a folder that is neither a cliplab checkpoint, a run, nor a HF CLIPModel")
+        if not path.exists():
+            raise CliplabError(f"{path}: no such file")
+        sd = read_safetensors(path) if path.suffix == ".safetensors" else read_pickle(path, allow_unsafe)
+        if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
+            raise CliplabError(f"{path}: HF weights without their config.json; load the whole CLIPModel folder")
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        try:
+            model_cfg = arch or infer_config(sd, activation=activation or "quick_gelu")
+        except CliplabError as err:
+            raise CliplabError(f"{path}: {err}") from None
+        cfg, sd = CLIPConfig.for_model(model_cfg), from_openai(sd)
+    validate_state_dict(cfg, sd, source=str(path))
+    return cfg, sd

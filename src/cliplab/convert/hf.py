@@ -71,8 +71,8 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
             ln_eps=t.get("layer_norm_eps", 1e-5),
             # eos id 2 is HF's legacy config: it then pools at the largest id, which is 49407 for CLIP's BPE
             eot_token_id=49407 if eos == 2 else eos)
-    except (KeyError, TypeError) as err:
-        raise CliplabError(f"config.json is not a CLIPModel config ({err})") from None
+    except (KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
+        raise CliplabError(f"config.json is not a CLIPModel config ({type(err).__name__}: {err})") from None
     model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
                         init_logit_scale=cfg.get("logit_scale_init_value", 2.6592))
     pre = PreprocessConfig(image_size=vision.image_size)
@@ -151,11 +151,11 @@ def _hf_config(cfg: CLIPConfig) -> dict[str, Any]:
         "logit_scale_init_value": m.init_logit_scale,
         "vision_config": {"model_type": "clip_vision_model", "image_size": v.image_size, "patch_size": v.patch_size,
                           "hidden_size": v.width, "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
-                          "intermediate_size": int(v.width * v.mlp_ratio), "hidden_act": v.activation,
+                          "intermediate_size": round(v.width * v.mlp_ratio), "hidden_act": v.activation,
                           "layer_norm_eps": v.ln_eps, "projection_dim": m.embed_dim, "num_channels": 3},
         "text_config": {"model_type": "clip_text_model", "max_position_embeddings": t.context_length,
                         "vocab_size": t.vocab_size, "hidden_size": t.width, "num_hidden_layers": t.layers,
-                        "num_attention_heads": t.heads, "intermediate_size": int(t.width * t.mlp_ratio),
+                        "num_attention_heads": t.heads, "intermediate_size": round(t.width * t.mlp_ratio),
                         "hidden_act": t.activation, "layer_norm_eps": t.ln_eps, "projection_dim": m.embed_dim,
                         "eos_token_id": t.eot_token_id, "bos_token_id": 49406, "pad_token_id": 1},
     }
@@ -191,9 +191,16 @@ def is_hf_dir(path: Path) -> bool:
 
 
 def read_hf_dir(path: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    cfg_json = json.loads((path / "config.json").read_text())
     pre = path / "preprocessor_config.json"
-    clip_cfg = hf_config_to_cliplab(cfg_json, json.loads(pre.read_text()) if pre.exists() else None)
+    try:
+        cfg_json = json.loads((path / "config.json").read_text())
+        pre_json = json.loads(pre.read_text()) if pre.exists() else None
+    except (OSError, ValueError) as err:
+        raise CliplabError(f"{path}: unreadable config.json or preprocessor_config.json ({err})") from None
+    try:
+        clip_cfg = hf_config_to_cliplab(cfg_json, pre_json)
+    except CliplabError as err:
+        raise CliplabError(f"{path}: {err}") from None
     if (path / "model.safetensors").exists():
         from cliplab.convert.foreign import read_safetensors
 

@@ -87,6 +87,14 @@ def _count(sd: dict[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
 
 
+def _heads(width: int, tower: str) -> int:
+    """OpenAI's rule, one head per 64 channels; narrower towers need their architecture given."""
+    if width < 64:
+        raise CliplabError(f"cannot infer the attention heads of a {tower} of width {width} from tensor shapes "
+                           "(OpenAI's rule is width / 64); give the architecture (--arch)")
+    return width // 64
+
+
 def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu") -> ModelConfig:
     """The architecture of an OpenAI-named state dict, from tensor shapes alone (as OpenAI's build_model)."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -95,18 +103,21 @@ def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu") ->
         tw = sd["ln_final.weight"].shape[0]
         text = TextTransformerConfig(
             context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
-            width=tw, heads=tw // 64, layers=_count(sd, r"^transformer\.resblocks\.(\d+)\."), activation=activation)
+            width=tw, heads=_heads(tw, "text tower"), layers=_count(sd, r"^transformer\.resblocks\.(\d+)\."),
+            activation=activation)
         if "visual.proj" in sd:
             width = sd["visual.conv1.weight"].shape[0]
             patch = sd["visual.conv1.weight"].shape[-1]
             grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-            vision = ViTConfig(image_size=patch * grid, patch_size=patch, width=width, heads=width // 64,
+            vision = ViTConfig(image_size=patch * grid, patch_size=patch, width=width,
+                               heads=_heads(width, "vision tower"),
                                layers=_count(sd, r"^visual\.transformer\.resblocks\.(\d+)\."), activation=activation)
         else:
             layers = tuple(_count(sd, rf"^visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4))
             width = sd["visual.layer1.0.conv1.weight"].shape[0]
             out = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-            vision = ResNetConfig(image_size=out * 32, layers=layers, width=width, heads=width * 32 // 64)
+            vision = ResNetConfig(image_size=out * 32, layers=layers, width=width,
+                                  heads=_heads(width * 32, "ResNet attention pool"))
     except KeyError as err:
         raise CliplabError(f"not an OpenAI/open_clip CLIP state dict (no tensor {err.args[0]!r})") from None
     return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)

@@ -29,12 +29,16 @@ ClassNames = Sequence[str] | Mapping[str, str] | None
 
 
 def _load(path: Path, source: str, transform: Transform) -> torch.Tensor:
-    from cliplab.transforms import load_image
+    from cliplab.transforms import ImageError, load_image
 
     try:
-        return transform(load_image(path))
+        image = load_image(path)
     except FileNotFoundError:
         raise CliplabError(f"{source}: image {path} does not exist") from None
+    try:
+        return transform(image)
+    except ImageError as err:  # load_image's errors name the file; the transform's cannot
+        raise ImageError(f"{path}: {err}") from None
 
 
 def _rename(labels: list[str], classnames: ClassNames, where: str) -> list[str]:

@@ -24,6 +24,7 @@ from cliplab.errors import CliplabError
 from cliplab.eval.metrics import confusion_matrix, mean_per_class_recall, per_class_recall, topk_correct
 from cliplab.eval.prompts import check_template, load_templates
 from cliplab.fileio import atomic_path
+from cliplab.model.text_transformer import batches_by_length
 
 __all__ = [
     "Encoder",
@@ -70,22 +71,24 @@ def zero_shot_classifier(
 ) -> torch.Tensor:
     """Class weights (D, C), float32 on ``device``: per class, the re-normalised mean of normalised prompts.
 
-    Prompts are embedded ``batch_size`` at a time and summed per class as they come, so memory stays at
-    (C, D) however many templates there are.
+    Prompts are embedded ``batch_size`` at a time, texts of like lengths together, and summed per class as
+    they come, so memory stays at (C, D) however many templates there are.
     """
     classnames = list(classnames)
     if not classnames:
         raise CliplabError("classnames: the list is empty")
     templates = resolve_templates(templates)
-    prompts = [(c, t.format(name)) for c, name in enumerate(classnames) for t in templates]  # class-major
+    prompts = [t.format(name) for name in classnames for t in templates]  # class-major
+    classes = torch.arange(len(classnames)).repeat_interleave(len(templates))  # (P,): each prompt's class
     sums: torch.Tensor | None = None
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        tokens = tokenizer([text for _, text in chunk]).to(device)  # (B, L)
-        emb = F.normalize(model.encode_text(tokens).float(), dim=-1)  # (B, D)
-        if sums is None:
-            sums = torch.zeros(len(classnames), emb.shape[1], device=emb.device)  # (C, D)
-        sums.index_add_(0, torch.tensor([c for c, _ in chunk], device=emb.device), emb)
+    window = 64 * batch_size  # prompts tokenised at a time, then embedded in batches of like lengths
+    for start in range(0, len(prompts), window):
+        tokens = tokenizer(prompts[start : start + window])  # (W, L)
+        for rows in batches_by_length(tokens, batch_size):
+            emb = F.normalize(model.encode_text(tokens[rows].to(device)).float(), dim=-1)  # (B, D)
+            if sums is None:
+                sums = torch.zeros(len(classnames), emb.shape[1], device=emb.device)  # (C, D)
+            sums.index_add_(0, classes[start + rows].to(emb.device), emb)
     assert sums is not None
     weights = F.normalize(sums / len(templates), dim=-1)  # (C, D)
     return weights.T.contiguous().to(device)  # (D, C)

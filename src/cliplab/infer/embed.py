@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cliplab.data.batch import BadSample
 from cliplab.errors import CliplabError
+from cliplab.model.text_transformer import batches_by_length
 
 __all__ = ["EmbedReport", "autocast", "embed_collection", "embed_images", "embed_texts", "list_items",
            "read_item_image"]
@@ -54,13 +55,14 @@ def embed_texts(texts: Sequence[str], model: Any, tokenizer: Any, batch_size: in
                 precision: str = "fp32", normalize: bool = True) -> np.ndarray:
     """(N, D) float32 text embeddings (L2-normalised by default)."""
     device = _device(model)
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[i : i + batch_size]), truncate=True).to(device)  # (B, L)
-        with autocast(device, precision):
-            out.append(model.encode_text(tokens, normalize=normalize).float().cpu())
-    dim = model.cfg.embed_dim
-    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+    out = torch.empty(len(texts), model.cfg.embed_dim)  # (N, D)
+    window = 64 * batch_size  # texts tokenised at a time, then embedded in batches of like lengths
+    for start in range(0, len(texts), window):
+        tokens = tokenizer(list(texts[start : start + window]), truncate=True)  # (W, L)
+        for rows in batches_by_length(tokens, batch_size):
+            with autocast(device, precision):
+                out[start + rows] = model.encode_text(tokens[rows].to(device), normalize=normalize).float().cpu()
+    return out.numpy()
 
 
 @torch.no_grad()
@@ -182,11 +184,11 @@ class _ImageItems(Dataset):
         path = self.items[i]["path"]
         try:
             image = read_item_image(path)
+            return self.preprocess(image), i, image.width, image.height
         except FileNotFoundError:
             return BadSample(path, "file not found")
         except (CliplabError, OSError, ValueError) as err:
             return BadSample(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
-        return self.preprocess(image), i, image.width, image.height
 
 
 def _collate(batch: list) -> tuple[torch.Tensor | None, list[tuple[int, int, int]], list[BadSample]]:

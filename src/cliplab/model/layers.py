@@ -133,7 +133,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, int(width * mlp_ratio), act)
+        self.mlp = MLP(width, round(width * mlp_ratio), act)  # round: 56 * (115 / 56) is 114.99...
 
     def forward(self, x: torch.Tensor, causal: bool = False, workspace: dict | None = None) -> torch.Tensor:
         """``workspace``: buffers that the CPU inference path may reuse across the blocks of one stack (the

@@ -8,7 +8,7 @@ from torch import nn
 from cliplab.config import CBOWTextConfig, TextTransformerConfig
 from cliplab.model.layers import Transformer
 
-__all__ = ["CBOWText", "TextTransformer", "eot_positions"]
+__all__ = ["CBOWText", "TextTransformer", "batches_by_length", "eot_positions"]
 
 
 def eot_positions(tokens: torch.Tensor, eot_token_id: int) -> torch.Tensor:
@@ -16,6 +16,17 @@ def eot_positions(tokens: torch.Tensor, eot_token_id: int) -> torch.Tensor:
     is_eot = tokens == eot_token_id  # (B, L)
     first = is_eot.int().argmax(dim=-1)  # (B,)
     return torch.where(is_eot.any(dim=-1), first, torch.full_like(first, tokens.shape[-1] - 1))
+
+
+def batches_by_length(tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Row indices of ``tokens`` (N, L) in batches of at most ``batch_size``, shortest texts first.
+
+    The text tower skips the positions after a batch's longest text, so batches of like lengths skip nearly
+    all padding: a third of the tokens of ImageNet's 80-template prompts. A text's length is taken as its
+    last non-zero position + 1 (padding is 0); it only orders the rows, so any tokenizer is safe."""
+    L = tokens.shape[1]
+    used = ((tokens != 0) * torch.arange(1, L + 1, device=tokens.device)).amax(dim=1)  # (N,)
+    return list(torch.argsort(used, stable=True).split(batch_size))
 
 
 class TextTransformer(nn.Module):

@@ -30,8 +30,10 @@ class ToyEncoder(nn.Module):
         self.text_table = nn.Parameter(text_table.float(), requires_grad=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(100.0)))
         self.pool = pool
+        self.text_batches: list[int] = []
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        self.text_batches.append(len(tokens))
         emb = self.text_table[tokens[:, 0]]  # (N, D)
         return nn.functional.normalize(emb, dim=-1) if normalize else emb
 
