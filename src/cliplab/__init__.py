@@ -19,6 +19,7 @@ _API = {
     "create_model": "cliplab.api",
     "load": "cliplab.api",
     "get_tokenizer": "cliplab.tokenizer",
+    "load_image": "cliplab.transforms",
     "classify": "cliplab.api",
     "zero_shot_classifier": "cliplab.eval.zeroshot",
     "save_checkpoint": "cliplab.checkpoint",

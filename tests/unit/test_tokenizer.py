@@ -116,6 +116,9 @@ def test_too_long_errors_or_truncates(tok):
     ids = tok([text], truncate=True)
     assert ids[0, -1] == 49407 and ids[0, 0] == 49406
     assert tok([text], context_length=128).shape == (1, 128)
+    assert tok([text], context_length=2, truncate=True).tolist() == [[49406, 49407]]
+    with pytest.raises(TokenizerError, match="context_length 1: needs at least 2"):
+        tok([text], context_length=1, truncate=True)
 
 
 def test_empty_list_is_an_error(tok):

@@ -137,3 +137,39 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
     with pytest.raises(CliplabError, match="no pretrained weights 'laion'"):
         download("ViT-B-32", "laion", cache_dir=tmp_path)
+
+
+def test_verified_download_is_converted_once_to_safetensors(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import urllib.request
+
+    from cliplab import weights
+
+    cfg, model = _small_openai_shaped(tmp_path)
+    archive = torch.jit.trace(_Holder({k: v.half() for k, v in to_openai(model.state_dict()).items()}), torch.zeros(1))
+    buf = io.BytesIO()
+    torch.jit.save(archive, buf)
+    data = buf.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    served = []
+
+    def serve(url, timeout):
+        served.append(url)
+        return io.BytesIO(data)
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    monkeypatch.setitem(weights.PRETRAINED, "Small", {"openai": ("https://example.invalid/Small.pt", sha)})
+    path = download("Small", cache_dir=tmp_path / "cache")
+    assert path.name == "Small-openai.safetensors" and [p.name for p in path.parent.iterdir()] == [path.name]
+    ours, got, _ = load_model(path)  # no allow_unsafe: the cache holds tensors only
+    assert got.model == cfg and got.name == "Small-openai"
+    model.half().float()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours.encode_image(images), model.encode_image(images))
+    assert download("Small", cache_dir=tmp_path / "cache") == path and len(served) == 1  # cached
+    monkeypatch.setitem(weights.PRETRAINED, "Bad", {"openai": ("https://example.invalid/Bad.pt", "0" * 64)})
+    with pytest.raises(CliplabError, match="checksum mismatch"):
+        download("Bad", cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [path.name]  # nothing left behind
