@@ -1,6 +1,7 @@
 """The real `cliplab train` on generated data: learning, determinism, resume after a kill, errors."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -197,3 +198,103 @@ def test_shard_resume_replays_the_stream_exactly(tmp_path):
     assert resolve_run_dir(part).name == "step-00000008"  # 6 batches per epoch: resumes in epoch 2
     assert main(["train", *args, "--output", str(part), "--resume", "latest"]) == 0
     assert _losses(part) == _losses(full) and len(_losses(full)) == 14
+
+
+def test_stream_of_only_bad_samples_stops_with_one_line(tmp_path, capsys, monkeypatch):
+    from cliplab.train import loop
+
+    monkeypatch.setattr(loop, "MAX_UNUSABLE_BATCHES", 5)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("filepath,title\n" + "".join(f"gone{i}.png,a photo\n" for i in range(8)))
+    assert main(["train", *COMMON, "--train-data", str(data / "train.csv"), "--steps", "2", "--batch-size", "4",
+                 "--output", str(tmp_path / "run")]) == 2  # format inferred from the .csv suffix
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's line
+    assert err.startswith("error: no usable pairs in 5 batches in a row (20 bad samples")
+
+
+def test_siglip_on_a_shipped_architecture(tmp_path):
+    assert main(["train", *COMMON, "--steps", "2", "--loss", "siglip", "--output", str(tmp_path / "s")]) == 0
+    model, _, _ = cliplab.load(tmp_path / "s")
+    assert model.logit_bias is not None and abs(model.logit_bias.item() + 10) < 0.1
+    assert abs(model.logit_scale.item() - math.log(10)) < 0.1
+
+
+def test_run_folder_reuse_resume_and_longer_schedule(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *COMMON, "--save-every", "2", "--output", str(run)]
+    assert main([*args, "--steps", "4"]) == 0
+    ckpt = resolve_run_dir(run)
+    assert json.loads((ckpt / "train_config.json").read_text())["train"]["steps"] == 4
+    capsys.readouterr()
+    assert main([*args, "--steps", "1"]) == 2  # a fresh run into a folder that holds one: refused
+    assert "already holds a run's checkpoints" in capsys.readouterr().err
+    assert resolve_run_dir(run) == ckpt  # nothing touched
+    assert main([*args, "--steps", "6", "--resume", "latest"]) == 0  # a longer schedule
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == list(range(1, 7))
+    assert main(["train", *COMMON, "--steps", "7", "--resume", str(run), "--output", str(tmp_path / "b")]) == 0
+    assert resolve_run_dir(tmp_path / "b").name == "step-00000007"  # --resume takes a run folder too
+
+
+def test_bad_sample_count_survives_resume(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["filepath\ttitle"]
+    for i in range(12):
+        Image.new("RGB", (36, 36), (i * 20, 90, 40)).save(data / f"{i}.png")
+        rows.append(f"{i}.png\tshade {i}")
+    rows += ["missing1.png\tgone", "missing2.png\tgone"]
+    (data / "train.tsv").write_text("\n".join(rows) + "\n")
+    args = ["train", *COMMON, "--train-data", str(data / "train.tsv"), "--csv-separator", "\\t", "--batch-size",
+            "7", "--steps", "6", "--save-every", "3"]
+    assert main([*args, "--output", str(tmp_path / "full")]) == 0
+    assert main([*args, "--output", str(tmp_path / "part"), "--stop-after", "4"]) == 0
+    assert main([*args, "--output", str(tmp_path / "part"), "--resume", "latest"]) == 0
+    full, part = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("full", "part"))
+    assert full["bad_samples"] == part["bad_samples"] > 0
+    lines = [(tmp_path / r / "bad_samples.jsonl").read_text() for r in ("full", "part")]
+    assert lines[0] == lines[1]
+
+
+def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):
+    base = tmp_path / "base"
+    assert main(["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "1", "--batch-size", "4",
+                 "--output", str(base)]) == 0
+    assert main(["train", *COMMON, "--init-from", str(base), "--lock-image", "--steps", "2", "--batch-size", "4",
+                 "--output", str(tmp_path / "lit")]) == 0
+    sd0 = cliplab.load(base)[0].state_dict()
+    sd1 = cliplab.load(tmp_path / "lit")[0].state_dict()
+    assert any("running_mean" in k for k in sd0)
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0 if k.startswith("visual."))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--save-every", "0"], "save_every must be >= 1"),
+    (["--steps", "-3"], "steps must be >= 1"),
+    (["--lr", "-0.001"], "lr, weight_decay and warmup_steps must be >= 0"),
+    (["optim.lr=-1e-3"], "lr, weight_decay and warmup_steps must be >= 0"),
+    (["--workers", "-1"], "data.workers and data.shuffle_buffer must be >= 0"),
+    (["--device", "tpu"], "device 'tpu': not a device name"),
+    (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 values"),
+    (["--csv-separator", "ab", "--train-data", "x.csv"], "csv separator 'ab': must be one character"),
+    (["--train-data", "nowhere"], "nowhere: cannot tell its data format"),
+    (["--data-format", "synthetic", "--train-data", "x.csv"], "is not read with data.format synthetic"),
+])
+def test_bad_settings_are_one_line(tmp_path, capsys, flags, message):
+    args = [*COMMON, "--steps", "1", "--output", str(tmp_path / "r")]
+    assert main(["train", *args, *flags]) == 2  # (a flag given twice: the last one counts)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message in err
+
+
+def test_resume_with_other_settings_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "2", "--resume", str(run),
+                 "--output", str(tmp_path / "b")]) == 2
+    assert "tensors do not match the config" in capsys.readouterr().err
+    assert main(["train", *COMMON, "--lock-image", "--steps", "2", "--resume", str(run),
+                 "--output", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "--lock-image / --lock-text must be as in the run being resumed" in err

@@ -9,7 +9,8 @@ FLAGS = {
     "model": "model", "init_from": "init_from", "train_data": "data.train_data", "val_data": "data.val_data",
     "data_format": "data.format", "batch_size": "batch_size", "accum_steps": "accum_steps", "epochs": "epochs",
     "steps": "steps", "lr": "optim.lr", "warmup": "optim.warmup_steps", "output": "output",
-    "save_every": "save_every", "resume": "resume", "precision": "precision", "loss": "loss",
+    "save_every": "save_every", "eval_every": "eval_every", "resume": "resume", "precision": "precision",
+    "loss": "loss",
     "loss_chunk_size": "loss_chunk_size", "seed": "seed", "workers": "data.workers", "device": "device",
     "csv_img_key": "data.csv_img_key", "csv_caption_key": "data.csv_caption_key",
     "csv_separator": "data.csv_separator", "on_bad_sample": "data.on_bad_sample",
@@ -37,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--output", help="run folder")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps")
-    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--eval-every", type=int, help="evaluate (validation loss with --val-data) every N steps "
+                   "(default with --val-data: every save, at most 10 times a run)")
+    p.add_argument("--resume", help="'latest', a run folder or a checkpoint folder")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--loss", choices=["clip", "siglip"])
     p.add_argument("--loss-chunk-size", type=int, help="tiled O(N)-memory CLIP loss with this tile size")

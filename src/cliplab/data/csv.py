@@ -16,7 +16,15 @@ from cliplab.data.batch import BadSample
 from cliplab.data.samples import Tokenizer, Transform, make_pair
 from cliplab.errors import CliplabError
 
-__all__ = ["CsvDataset", "read_rows"]
+__all__ = ["CsvDataset", "read_rows", "separator"]
+
+
+def separator(value: str) -> str:
+    """A CSV separator as typed on a command line: ``\\t`` (or ``tab``) is a tab; one character in the end."""
+    sep = {"\\t": "\t", "tab": "\t"}.get(value, value)
+    if len(sep) != 1:
+        raise CliplabError(f"csv separator {value!r}: must be one character (use '\\t' for a tab)")
+    return sep
 
 
 def read_rows(
@@ -26,7 +34,7 @@ def read_rows(
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            return _parse(csv.reader(fh, delimiter=sep), path, columns)
+            return _parse(csv.reader(fh, delimiter=separator(sep)), path, columns)
     except OSError as err:
         raise CliplabError(f"{path}: cannot open ({err.strerror})") from None
     except csv.Error as err:

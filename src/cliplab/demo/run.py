@@ -7,6 +7,7 @@ Writes ``report.md``, ``report.json`` (every figure and its chance level), ``cur
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ def _precision(name: str) -> str:
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "run", ignore_errors=True)  # the demo always trains afresh; its last run is replaced
     t0 = time.perf_counter()
     world = _world(cfg)
     tcfg = TrainConfig(

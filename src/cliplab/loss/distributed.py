@@ -23,7 +23,7 @@ from cliplab.loss.chunked import chunked_clip_loss, chunked_cross_entropy
 from cliplab.loss.contrastive import clip_loss
 from cliplab.loss.siglip import chunked_siglip_loss, siglip_loss
 
-__all__ = ["distributed_clip_loss", "gather_features", "is_distributed"]
+__all__ = ["distributed_clip_loss", "gather_features", "is_distributed", "single_process_loss"]
 
 LOSSES = ("clip", "siglip")
 
@@ -47,6 +47,14 @@ def gather_features(image_emb: torch.Tensor, text_emb: torch.Tensor, local_loss:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(image_emb)), torch.cat(all_gather(text_emb))  # (W·n, D) each
+
+
+def single_process_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                        chunk_size: int | None = None, loss: str = "clip") -> torch.Tensor:
+    """The loss over this process's batch alone, even under torch.distributed (e.g. rank 0's validation)."""
+    if loss == "siglip" and bias is None:
+        raise ValueError("the SigLIP loss needs a logit bias (build the model with init_logit_bias)")
+    return _single(img, txt, scale, bias, chunk_size, loss)
 
 
 def _single(img, txt, scale, bias, chunk_size, loss):

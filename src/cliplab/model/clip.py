@@ -115,8 +115,16 @@ class CLIP(nn.Module):
                 module.grad_checkpointing = enable
 
     def lock(self, tower: str) -> None:
-        """Freeze a tower (``"image"`` or ``"text"``) for LiT-style training."""
+        """Freeze a tower (``"image"`` or ``"text"``) for LiT-style training: no gradients, and it stays in
+        eval mode through ``model.train()`` (a ResNet's batch-norm statistics stay as loaded)."""
         module = {"image": self.visual, "text": self.text}[tower]
         for p in module.parameters():
             p.requires_grad_(False)
+        self.locked = (*getattr(self, "locked", ()), tower)
         module.eval()
+
+    def train(self, mode: bool = True) -> CLIP:
+        super().train(mode)
+        for tower in getattr(self, "locked", ()):
+            {"image": self.visual, "text": self.text}[tower].eval()
+        return self

@@ -25,7 +25,7 @@ __all__ = ["DataConfig", "OptimConfig", "TrainConfig", "apply_overrides", "from_
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: str = "synthetic"  # synthetic | csv | folder | wds
+    format: str = "auto"  # auto (from train_data: none → synthetic) | synthetic | csv | folder | wds
     train_data: str | None = None
     val_data: str | None = None
     csv_img_key: str = "filepath"
@@ -40,6 +40,32 @@ class DataConfig:
     synthetic_two_object_prob: float = 0.5  # share of two-object scenes in the synthetic world
     synthetic_full_caption_prob: float = 0.85  # share of one-object captions naming colour and shape
     synthetic_shape_only_share: float = 0.5  # of the other one-object captions, those naming only the shape
+
+    def __post_init__(self) -> None:
+        from cliplab.data.csv import separator
+
+        object.__setattr__(self, "csv_separator", separator(self.csv_separator))
+        if self.format == "auto":
+            object.__setattr__(self, "format", infer_format(self.train_data))
+        elif self.format == "synthetic" and self.train_data:
+            raise CliplabError(f"data.train_data {self.train_data!r} is not read with data.format synthetic; "
+                               "drop one of them (or give --data-format csv|folder|wds)")
+
+
+def infer_format(train_data: str | None) -> str:
+    """The data format a ``--train-data`` value names: none → synthetic, a tar pattern → wds, a CSV/TSV
+    file → csv, a folder → folder."""
+    if not train_data:
+        return "synthetic"
+    if ".tar" in train_data or "::" in train_data:
+        return "wds"
+    path = Path(train_data)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    if path.is_dir():
+        return "folder"
+    raise CliplabError(f"{train_data}: cannot tell its data format (not a .csv/.tsv file, a folder or a .tar "
+                       "pattern); give --data-format csv|folder|wds")
 
 
 @dataclass(frozen=True)
@@ -85,13 +111,26 @@ class TrainConfig:
     stop_after: int | None = None  # testing aid: stop (as if killed) after this step
 
     def __post_init__(self) -> None:
+        o, d = self.optim, self.data
         checks = [
             (self.precision in ("fp32", "bf16", "fp16"), f"precision: {self.precision!r} (fp32, bf16 or fp16)"),
             (self.loss in ("clip", "siglip"), f"loss: {self.loss!r} (clip or siglip)"),
-            (self.data.format in ("synthetic", "csv", "folder", "wds"), f"data.format: {self.data.format!r}"),
-            (self.data.on_bad_sample in ("skip", "error"), f"data.on_bad_sample: {self.data.on_bad_sample!r}"),
+            (d.format in ("synthetic", "csv", "folder", "wds"), f"data.format: {d.format!r}"),
+            (d.on_bad_sample in ("skip", "error"), f"data.on_bad_sample: {d.on_bad_sample!r}"),
             (self.batch_size >= 1 and self.accum_steps >= 1, "batch_size and accum_steps must be >= 1"),
-            (self.optim.schedule in ("cosine", "constant"), f"optim.schedule: {self.optim.schedule!r}"),
+            (o.schedule in ("cosine", "constant"), f"optim.schedule: {o.schedule!r}"),
+            (self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.save_every >= 1, f"save_every must be >= 1 (steps), got {self.save_every}"),
+            (self.keep_last >= 1 and self.log_every >= 1, "keep_last and log_every must be >= 1"),
+            (self.eval_every >= 0, f"eval_every must be >= 0 (0: never), got {self.eval_every}"),
+            (d.workers >= 0 and d.shuffle_buffer >= 0, "data.workers and data.shuffle_buffer must be >= 0"),
+            (o.lr >= 0 and o.weight_decay >= 0 and o.eps > 0 and o.warmup_steps >= 0,
+             "optim: lr, weight_decay and warmup_steps must be >= 0, eps > 0"),
+            (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas: two values in [0, 1), got "
+                                                                     f"{list(o.betas)}"),
+            (self.loss_chunk_size is None or self.loss_chunk_size >= 1, "loss_chunk_size must be >= 1"),
+            (self.time_budget_minutes is None or self.time_budget_minutes > 0, "time_budget_minutes must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -111,8 +150,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
         raise CliplabError(f"{where}: {value!r} is not a valid {tp}")
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise CliplabError(f"{where}: expected a list, got {value!r}")
+        if not isinstance(value, list | tuple) or len(value) != len(typing.get_args(tp)):
+            raise CliplabError(f"{where}: expected a list of {len(typing.get_args(tp))} values, got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, typing.get_args(tp), strict=False))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -164,7 +203,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and raw and raw[0].isdigit():
+        if isinstance(value, str) and raw.lstrip("+-")[:1].isdigit():
             with contextlib.suppress(ValueError):
                 value = float(raw)  # YAML reads 1e-3 as a string
         node = data

@@ -5,6 +5,7 @@ Works on one CPU and under ``torchrun`` (PyTorch DDP, gloo on CPU / NCCL on CUDA
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -47,7 +48,10 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     if device_pref == "auto":
         device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     else:
-        device = torch.device(device_pref)
+        try:
+            device = torch.device(device_pref)
+        except (RuntimeError, TypeError):
+            raise CliplabError(f"device {device_pref!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CliplabError("--device cuda: CUDA is not available")
     if world > 1 and not dist.is_initialized():
@@ -58,15 +62,25 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's initial log-scale and bias
+
+
 def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, CLIPConfig, Path | None]:
     if cfg.init_from:
         from cliplab.api import load_model
 
         model, clip_cfg, root = load_model(cfg.init_from, device="cpu")
+        if cfg.loss == "siglip" and model.logit_bias is None:  # a CLIP-trained model fine-tuned with SigLIP
+            model.logit_bias = torch.nn.Parameter(torch.tensor(SIGLIP_INIT[1]))
+            clip_cfg = dataclasses.replace(clip_cfg, model=dataclasses.replace(clip_cfg.model,
+                                                                               init_logit_bias=SIGLIP_INIT[1]))
+            model.cfg = clip_cfg.model
         return model, clip_cfg, root
     from cliplab.model.build import create_model
 
     arch = load_arch(cfg.model)
+    if cfg.loss == "siglip" and arch.init_logit_bias is None:
+        arch = dataclasses.replace(arch, init_logit_scale=SIGLIP_INIT[0], init_logit_bias=SIGLIP_INIT[1])
     name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
     return create_model(arch), CLIPConfig.for_model(arch, name=name), None
 
@@ -81,13 +95,40 @@ def _loss_fn(cfg: TrainConfig) -> Callable:
     return fn
 
 
-def _equal_batch(images: torch.Tensor, texts: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Under DDP every rank must contribute the same number of pairs to the gathered loss."""
+MAX_UNUSABLE_BATCHES = 100
+
+
+def _agree(n_good: int, bad: list, world: int) -> tuple[int, list]:
+    """Under DDP every rank must contribute the same number of pairs to the gathered loss, and rank 0 logs
+    every rank's bad samples: ``(smallest good count over ranks, all ranks' bad samples)``."""
     if world == 1:
-        return images, texts
-    n = torch.tensor([images.shape[0]], device=images.device)
-    dist.all_reduce(n, op=dist.ReduceOp.MIN)
-    return images[: int(n)], texts[: int(n)]
+        return n_good, bad
+    counts = [None] * world
+    dist.all_gather_object(counts, (n_good, bad))
+    return min(n for n, _ in counts), [b for _, rank_bad in counts for b in rank_bad]
+
+
+def _resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | None:
+    """The checkpoint to resume from (``--resume latest``, a run folder or a checkpoint folder), or ``None``
+    for a fresh start, which an output folder already holding checkpoints refuses."""
+    from cliplab.checkpoint import is_native
+
+    if cfg.resume == "latest":
+        found = resolve_run_dir(run_dir)
+        if found is None and main and (run_dir / "checkpoints").is_dir():
+            print(f"note: no checkpoint in {run_dir} yet: starting from scratch", flush=True)
+        return found
+    if cfg.resume:
+        path = Path(cfg.resume)
+        found = path if is_native(path) else resolve_run_dir(path)
+        if found is None:
+            raise CliplabError(f"--resume {cfg.resume}: no such checkpoint (nor a run folder with one)")
+        return found
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir() and any(p.is_dir() for p in ckpts.glob("step-*")):
+        raise CliplabError(f"{run_dir}: already holds a run's checkpoints; --resume latest continues it, "
+                           "or give another --output")
+    return None
 
 
 class _Log:
@@ -142,21 +183,29 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
 
     start, total = 0, cfg.steps
     data_position: dict[str, int] | None = None
-    resume_from = None
-    if cfg.resume:
-        resume_from = resolve_run_dir(run_dir) if cfg.resume == "latest" else Path(cfg.resume)
-        if resume_from is None and cfg.resume != "latest":
-            raise CliplabError(f"--resume {cfg.resume}: no such checkpoint")
+    bad_total = 0
+    resume_from = _resume_checkpoint(cfg, run_dir, main)
     if resume_from is not None:
-        from cliplab.checkpoint import load_checkpoint
+        from cliplab.checkpoint import load_checkpoint, validate_state_dict
 
         _, sd = load_checkpoint(resume_from)
+        validate_state_dict(clip_cfg, sd, source=f"--resume {resume_from} (for model {clip_cfg.name or 'given'})")
         unwrap(model).load_state_dict(sd)
         state = load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            raise CliplabError(f"--resume {resume_from}: its optimizer state is for other trainable parameters "
+                               "(--lock-image / --lock-text must be as in the run being resumed)") from None
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, total = int(state["step"]), int(state["total_steps"])
+        if cfg.steps is not None and cfg.steps != total and not cfg.time_budget_minutes:
+            if main and progress:
+                print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
+                      "(the learning-rate schedule stretches to the new length)", flush=True)
+            total = cfg.steps
+        bad_total = int(state.get("bad_samples", 0))
         set_rng_state(state["rng"])
         positions = state.get("data_positions") or []
         data_position = positions[rank] if len(positions) == world else None
@@ -179,97 +228,108 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {"train": to_dict(cfg), "world_size": world})
     log = _Log(run_dir / "metrics.jsonl", main, start)
+    bad_log = _Log(run_dir / "bad_samples.jsonl", main, start - 1)  # rows carry the step they were drawn for
     loss_fn = _loss_fn(cfg)
     board = _tensorboard(run_dir) if cfg.tensorboard and main else None
     hooks = list(eval_hooks)
+    eval_every = cfg.eval_every
     if cfg.data.val_data:
-        hooks.append(_validation_hook(cfg, clip_cfg, tokenizer, device, loss_fn))
+        hooks.append(_validation_hook(cfg, clip_cfg, tokenizer, device))
+        eval_every = eval_every or min(cfg.save_every, max(1, total // 10))
     global_batch = cfg.batch_size * cfg.accum_steps * world
     if main and progress:
         print(f"training {clip_cfg.name or 'model'} for {total} steps, global batch {global_batch} "
               f"({world} process{'es' if world > 1 else ''} x {cfg.batch_size} x {cfg.accum_steps} accum), "
               f"{cfg.precision} on {device}", flush=True)
-    bad_total = 0
-    bad_log = run_dir / "bad_samples.jsonl"
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
     step = start
     last_save = None
     samples_seen = 0
-    while step < total:
-        batch = next(data.batches)
-        if batch.bad:
-            bad_total += len(batch.bad)
-            if cfg.data.on_bad_sample == "error":
-                b = batch.bad[0]
-                raise CliplabError(f"bad sample {b.source}: {b.reason} (--on-bad-sample skip to skip such samples)")
-            if main:
-                with open(bad_log, "a", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps({"step": step, "source": b.source, "reason": b.reason}) + "\n"
-                                  for b in batch.bad)
-        if len(batch) < 2:
-            continue  # a batch with almost nothing usable: nothing to contrast
-        lr = lr_at(step, cfg.optim, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, texts = _equal_batch(batch.images.to(device, non_blocking=True),
-                                     batch.texts.to(device, non_blocking=True), world)
-        try:
-            stats = train_step(model, images, texts, optimizer, loss_fn, accum_steps=cfg.accum_steps, device=device,
-                               precision=cfg.precision, scaler=scaler, grad_clip_norm=cfg.optim.grad_clip_norm)
-        except FloatingPointError as err:
-            keep = f"; the last good checkpoint is {last_save}" if last_save else ""
-            raise CliplabError(f"step {step}: {err} (diverged){keep}") from None
-        if world > 1:  # log the loss of the global batch, not rank 0's share
-            t = torch.tensor([stats["loss"]], device=device)
-            dist.all_reduce(t)
-            stats["loss"] = float(t) / world
-        step += 1
-        samples_seen += images.shape[0] * world
-        elapsed = time.perf_counter() - t0
-        if cfg.time_budget_minutes and step == start + min(20, max(1, total // 10)):
-            fit = start + int((cfg.time_budget_minutes * 60) / (elapsed / (step - start)))
-            if fit < total:
-                total = max(step + 1, fit)
-                bar.total = total
-        if cfg.time_budget_minutes and elapsed > 1.15 * 60 * cfg.time_budget_minutes and step < total:
-            total = step + 1  # the machine got slower than measured: finish now, keep the budget
-        scale = float(unwrap(model).scale().detach())
-        if step % cfg.log_every == 0 or step == total:
-            log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
-                       "grad_norm": round(stats["grad_norm"], 4), "samples_per_s": round(samples_seen / elapsed, 1),
-                       "time": round(elapsed, 2)})
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", T=f"{1 / scale:.4f}",
-                        sps=f"{samples_seen / elapsed:.0f}")
-        bar.update(1)
-        if board is not None and (step % cfg.log_every == 0 or step == total):
-            for key, value in (("loss", stats["loss"]), ("lr", lr), ("logit_scale", scale)):
-                board.add_scalar(f"train/{key}", value, step)
-        if cfg.eval_every and step % cfg.eval_every == 0 and hooks and main:
-            row = {"step": step}
-            for hook in hooks:
-                row.update(hook(unwrap(model), step))
-            log.write(row)
-            if board is not None:
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, int | float):
-                        board.add_scalar(f"eval/{key}", value, step)
-        if cfg.stop_after is not None and step >= cfg.stop_after:
-            bar.close()
-            return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
-        saving = step % cfg.save_every == 0 or step == total
-        if saving and data.position is not None:  # every rank's place in its own stream
-            positions: list[Any] = [data.position()]
-            if world > 1:
-                positions = [None] * world
-                dist.all_gather_object(positions, data.position())
-        if main and saving:
-            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                     "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
-                     "data_positions": positions if data.position is not None else None}
-            tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
-            last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file)
-    bar.close()
+    if start >= total and main and progress:
+        print(f"nothing to train: the checkpoint is at step {start} of {total} (give --steps to go on)", flush=True)
+    try:  # the bar ends its line before any error message
+        unusable = 0  # consecutive batches with fewer than 2 good pairs
+        while step < total:
+            batch = next(data.batches)
+            n_good, bad = _agree(len(batch), batch.bad, world)
+            if bad:
+                bad_total += len(bad)
+                if cfg.data.on_bad_sample == "error":
+                    b = bad[0]
+                    raise CliplabError(f"bad sample {b.source}: {b.reason} (--on-bad-sample skip to skip such samples)")
+                for b in bad:
+                    bad_log.write({"step": step, "source": b.source, "reason": b.reason})
+            if n_good < 2:  # on some rank a batch with almost nothing usable: nothing to contrast
+                unusable += 1
+                if unusable >= MAX_UNUSABLE_BATCHES:
+                    raise CliplabError(f"no usable pairs in {unusable} batches in a row ({bad_total} bad samples, "
+                                       f"listed in {run_dir / 'bad_samples.jsonl'}): check --train-data and "
+                                       "--data-format")
+                continue
+            unusable = 0
+            lr = lr_at(step, cfg.optim, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = batch.images[:n_good].to(device, non_blocking=True)  # every rank contributes n_good pairs
+            texts = batch.texts[:n_good].to(device, non_blocking=True)
+            try:
+                stats = train_step(model, images, texts, optimizer, loss_fn, accum_steps=cfg.accum_steps, device=device,
+                                   precision=cfg.precision, scaler=scaler, grad_clip_norm=cfg.optim.grad_clip_norm)
+            except FloatingPointError as err:
+                keep = f"; the last good checkpoint is {last_save}" if last_save else ""
+                raise CliplabError(f"step {step}: {err} (diverged){keep}") from None
+            if world > 1:  # log the loss of the global batch, not rank 0's share
+                t = torch.tensor([stats["loss"]], device=device)
+                dist.all_reduce(t)
+                stats["loss"] = float(t) / world
+            step += 1
+            samples_seen += images.shape[0] * world
+            elapsed = time.perf_counter() - t0
+            if cfg.time_budget_minutes and step == start + min(20, max(1, total // 10)):
+                fit = start + int((cfg.time_budget_minutes * 60) / (elapsed / (step - start)))
+                if fit < total:
+                    total = max(step + 1, fit)
+                    bar.total = total
+            if cfg.time_budget_minutes and elapsed > 1.15 * 60 * cfg.time_budget_minutes and step < total:
+                total = step + 1  # the machine got slower than measured: finish now, keep the budget
+            scale = float(unwrap(model).scale().detach())
+            if step % cfg.log_every == 0 or step == total:
+                log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
+                           "grad_norm": round(stats["grad_norm"], 4), "samples_per_s": round(samples_seen / elapsed, 1),
+                           "time": round(elapsed, 2)})
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", T=f"{1 / scale:.4f}",
+                            sps=f"{samples_seen / elapsed:.0f}")
+            bar.update(1)
+            if board is not None and (step % cfg.log_every == 0 or step == total):
+                for key, value in (("loss", stats["loss"]), ("lr", lr), ("logit_scale", scale)):
+                    board.add_scalar(f"train/{key}", value, step)
+            if eval_every and step % eval_every == 0 and hooks and main:
+                row = {"step": step}
+                for hook in hooks:
+                    row.update(hook(unwrap(model), step))
+                log.write(row)
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "step" and isinstance(value, int | float):
+                            board.add_scalar(f"eval/{key}", value, step)
+            if cfg.stop_after is not None and step >= cfg.stop_after:
+                return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
+            saving = step % cfg.save_every == 0 or step == total
+            if saving and data.position is not None:  # every rank's place in its own stream
+                positions: list[Any] = [data.position()]
+                if world > 1:
+                    positions = [None] * world
+                    dist.all_gather_object(positions, data.position())
+            if main and saving:
+                state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                         "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
+                         "data_positions": positions if data.position is not None else None, "bad_samples": bad_total}
+                tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
+                last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file,
+                                                train_config={"train": to_dict(cfg), "world_size": world})
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - t0
     if main:
         _finish(run_dir, log.history, bad_total, step, elapsed, progress)
@@ -286,11 +346,11 @@ def _tensorboard(run_dir: Path) -> Any:
 
 
 def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, device: torch.device,
-                     loss_fn: Callable, max_batches: int = 20) -> EvalHook:
-    """Mean contrastive loss on (up to ``max_batches`` batches of) ``data.val_data``, without augmentation."""
-    import dataclasses
-
+                     max_batches: int = 20) -> EvalHook:
+    """Mean contrastive loss on (up to ``max_batches`` batches of) ``data.val_data``, without augmentation.
+    It runs on rank 0 alone, so its loss is the single-process one (no gathering across ranks)."""
     from cliplab.data.loader import build_train_data
+    from cliplab.loss.distributed import single_process_loss
     from cliplab.transforms import image_transform
 
     val_cfg = dataclasses.replace(cfg.data, train_data=cfg.data.val_data, workers=0)
@@ -308,7 +368,8 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
             if len(batch) < 2:
                 continue
             out = model(batch.images.to(device), batch.texts.to(device))
-            losses.append(float(loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)))
+            losses.append(float(single_process_loss(out.image_embeds, out.text_embeds, out.logit_scale,
+                                                    out.logit_bias, chunk_size=cfg.loss_chunk_size, loss=cfg.loss)))
         model.train()
         return {"val_loss": sum(losses) / len(losses)} if losses else {}
 

@@ -2,7 +2,8 @@
 
 ``RUN/checkpoints/step-00000123/`` holds the model in the native format (loadable by ``cliplab.load``)
 plus ``trainer.pt`` (optimizer, grad scaler, RNG states, step, data position) saved with plain tensors and
-containers so it loads with ``torch.load(weights_only=True)``. A checkpoint is written into a temporary
+containers so it loads with ``torch.load(weights_only=True)``, and ``train_config.json`` (the resolved
+training config). A checkpoint is written into a temporary
 folder, fsynced, then renamed; only then is ``RUN/checkpoints/latest`` (a one-line file naming it)
 replaced atomically. The last ``keep_last`` checkpoints are kept.
 """
@@ -21,11 +22,12 @@ import torch
 from cliplab.checkpoint import save_checkpoint
 from cliplab.config import CLIPConfig
 from cliplab.errors import CliplabError
-from cliplab.fileio import atomic_path, write_text
+from cliplab.fileio import atomic_path, write_json, write_text
 
 __all__ = ["load_trainer_state", "resolve_run_dir", "rng_state", "save_run_checkpoint", "set_rng_state"]
 
 TRAINER = "trainer.pt"
+TRAIN_CONFIG = "train_config.json"  # the run's resolved training config, as the run folder's config.json
 
 
 def rng_state() -> dict[str, Any]:
@@ -58,7 +60,7 @@ def _fsync_tree(path: Path) -> None:
 
 def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_cfg: CLIPConfig,
                         trainer_state: dict[str, Any], keep_last: int = 3,
-                        tokenizer_file: Path | None = None) -> Path:
+                        tokenizer_file: Path | None = None, train_config: dict[str, Any] | None = None) -> Path:
     ckpts = run_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"step-{step:08d}"
@@ -67,6 +69,8 @@ def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_c
     save_checkpoint(model, clip_cfg, tmp, tokenizer_file=tokenizer_file)
     with atomic_path(tmp / TRAINER) as t:
         torch.save(trainer_state, t)
+    if train_config is not None:
+        write_json(tmp / TRAIN_CONFIG, train_config)
     _fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
