@@ -24,10 +24,11 @@ def _data(folder):
     return folder / "train.csv"
 
 
-def _train(csv, out, nproc, batch):
+def _train(csv, out, nproc, batch, *extra):
     args = ["-m", "cliplab", "train", "--model", "ViT-Tiny-32px", "--data-format", "csv", "--train-data", str(csv),
             "--steps", "3", "--batch-size", str(batch), "--workers", "0", "--seed", "0", "--lr", "1e-3",
-            "--warmup", "1", "--save-every", "3", "--output", str(out), "data.augment=false", "log_every=1"]
+            "--warmup", "1", "--save-every", "3", "--output", str(out), "data.augment=false", "log_every=1",
+            *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", "29533", *args]
@@ -43,12 +44,15 @@ def test_two_processes_equal_one(tmp_path):
     csv = _data(tmp_path / "data")
     one = tmp_path / "one"
     two = tmp_path / "two"
-    _train(csv, one, 1, 16)
-    res = _train(csv, two, 2, 8)
+    val = ["--val-data", str(csv), "--eval-every", "2"]  # rank 0 alone validates: must not wait on rank 1
+    _train(csv, one, 1, 16, *val)
+    res = _train(csv, two, 2, 8, *val)
     assert "global batch 16" in res.stdout
-    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-              for run in (one, two)]
-    assert len(losses[0]) == 3
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+    losses = [[r["loss"] for r in run if "loss" in r] for run in rows]
+    val_losses = [[r["val_loss"] for r in run if "val_loss" in r] for run in rows]
+    assert len(losses[0]) == 3 and len(val_losses[0]) == len(val_losses[1]) == 1
+    assert abs(val_losses[0][0] - val_losses[1][0]) <= 1e-5 * max(1.0, abs(val_losses[0][0]))
     for a, b in zip(*losses, strict=True):
         assert abs(a - b) <= 1e-5 * max(1.0, abs(a))
     _, sd1 = load_checkpoint(resolve_run_dir(one))
@@ -59,3 +63,16 @@ def test_two_processes_equal_one(tmp_path):
     # only rank 0 wrote: one metrics line per step, one checkpoint
     assert len(list((two / "checkpoints").glob("step-*"))) == 1
     assert len(losses[1]) == 3
+
+
+def test_bad_samples_of_every_rank_are_counted(tmp_path):
+    csv = _data(tmp_path / "data")
+    with open(csv, "a") as fh:
+        fh.writelines(f"missing{i}.png,gone\n" for i in range(4))
+    counts = []
+    for nproc, batch in ((1, 16), (2, 8)):
+        out = tmp_path / f"p{nproc}"
+        _train(csv, out, nproc, batch)
+        counts.append(json.loads((out / "summary.json").read_text())["bad_samples"])
+        assert len((out / "bad_samples.jsonl").read_text().splitlines()) == counts[-1]
+    assert counts[0] == counts[1] > 0

@@ -234,7 +234,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     hooks = list(eval_hooks)
     eval_every = cfg.eval_every
     if cfg.data.val_data:
-        hooks.append(_validation_hook(cfg, clip_cfg, tokenizer, device))
+        hooks.append(_validation_hook(cfg, clip_cfg, tokenizer, device, batch_size=cfg.batch_size * world))
         eval_every = eval_every or min(cfg.save_every, max(1, total // 10))
     global_batch = cfg.batch_size * cfg.accum_steps * world
     if main and progress:
@@ -346,9 +346,10 @@ def _tensorboard(run_dir: Path) -> Any:
 
 
 def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, device: torch.device,
-                     max_batches: int = 20) -> EvalHook:
+                     batch_size: int, max_batches: int = 20) -> EvalHook:
     """Mean contrastive loss on (up to ``max_batches`` batches of) ``data.val_data``, without augmentation.
-    It runs on rank 0 alone, so its loss is the single-process one (no gathering across ranks)."""
+    It runs on rank 0 alone, on batches of the global size (per-process batch × processes, so the figure
+    does not depend on the number of processes), with the single-process loss (no gathering)."""
     from cliplab.data.loader import build_train_data
     from cliplab.loss.distributed import single_process_loss
     from cliplab.transforms import image_transform
@@ -358,7 +359,7 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
 
     @torch.no_grad()
     def hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
-        data = build_train_data(val_cfg, preprocess, tokenizer, cfg.batch_size, seed=0,
+        data = build_train_data(val_cfg, preprocess, tokenizer, batch_size, seed=0,
                                 image_size=clip_cfg.model.vision.image_size)
         n_batches = data.steps_per_epoch or max_batches
         losses = []
