@@ -7,10 +7,28 @@ import json
 from typing import Any
 
 
+def _count(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def _counts(text: str) -> list[int]:
+    """``1,2,4`` (or one value; several flags' values are joined)."""
+    return [_count(1)(part) for part in text.split(",") if part.strip()]
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="anything cliplab.load accepts")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--batch-size", type=_count(1), default=64)
+    p.add_argument("--workers", type=_count(0), default=0, help="DataLoader workers decoding images")
     p.add_argument("--device", default="auto")
     p.add_argument("--output-json", "--output", dest="output", help="write the report as JSON here (atomically)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
@@ -40,16 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = tasks.add_parser("retrieval", help="image↔text Recall@K on a CSV of (image, caption) rows")
     _common(r)
-    r.add_argument("--data", required=True, help="CSV; rows sharing an image path are captions of one image")
+    r.add_argument("--data", required=True, help="CSV; rows sharing an image path are captions of one image, "
+                   "and a caption cell may hold a JSON list of captions")
     r.add_argument("--csv-caption-key", default="title")
-    r.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10])
+    r.add_argument("--ks", type=_count(1), nargs="+", default=[1, 5, 10])
     r.set_defaults(func=run_retrieval)
 
     lp = tasks.add_parser("linear-probe", help="logistic-regression probe on frozen image embeddings")
     _common(lp)
     _labelled(lp, "--train", "training images")
     lp.add_argument("--test", required=True, help="test images (same layout as --train)")
-    lp.add_argument("--shots", type=int, nargs="*", help="also run k-shot probes for these k")
+    lp.add_argument("--shots", type=_counts, nargs="*", help="also run k-shot probes for these k: 1,2,4,8,16")
     lp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     lp.set_defaults(func=run_linear_probe)
 
@@ -60,7 +79,7 @@ def _dataset(path: str, args: argparse.Namespace, preprocess: Any) -> Any:
     from cliplab.eval.datasets import ClassFolderDataset, LabelCsvDataset
     from cliplab.eval.prompts import load_classnames
 
-    names = load_classnames(args.classnames) if args.classnames else None
+    names = load_classnames(args.classnames, keyed=True) if args.classnames else None
     if Path(path).is_dir():
         return ClassFolderDataset(path, preprocess, classnames=names)
     return LabelCsvDataset(path, preprocess, img_key=args.csv_img_key, label_key=args.csv_label_key,
@@ -84,14 +103,23 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from cliplab.eval.plots import plot_confusion
     from cliplab.eval.zeroshot import resolve_templates, save_classifier, zero_shot_classifier, zero_shot_evaluate
 
+    if args.confusion_png:
+        _check_figure_path(args.confusion_png)
     model, preprocess, tokenizer = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
     ds = _dataset(args.data, args, preprocess)
     templates = resolve_templates(args.templates)
     if args.load_classifier:
+        from cliplab.errors import CliplabError
         from cliplab.eval.zeroshot import load_classifier
 
         saved = load_classifier(args.load_classifier)
+        if list(saved.classnames) != list(ds.classnames):
+            raise CliplabError(f"{args.load_classifier}: built for classes {_short(saved.classnames)}, but "
+                               f"{args.data} has {_short(ds.classnames)}")
+        if saved.weights.shape[0] != model.cfg.embed_dim:
+            raise CliplabError(f"{args.load_classifier}: {saved.weights.shape[0]}-d class weights for a model "
+                               f"with {model.cfg.embed_dim}-d embeddings")
         classifier, templates = saved.weights.to(device), list(saved.templates)
     else:
         classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
@@ -106,7 +134,41 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         f"{result.n} images, {result.num_classes} classes, {len(templates)} templates",
         f"top-1 {100 * result.top1:.2f} %  top-5 {100 * result.top5:.2f} %  "
         f"mean per-class recall {100 * result.mean_per_class_recall:.2f} %",
+        *_per_class_table(result.per_class(ds.classnames)),
     ])
+
+
+def _short(names: list[str], n: int = 4) -> str:
+    return f"{names[:n]}{' ...' if len(names) > n else ''} ({len(names)})"
+
+
+def _check_figure_path(path: str) -> None:
+    """Before any work: a format matplotlib can write (by the file's extension; none means PNG)."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cliplab.errors import CliplabError
+
+    ext = Path(path).suffix.lower().lstrip(".")
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if ext and ext not in formats:
+        raise CliplabError(f"{path}: cannot write a .{ext} figure (use one of {', '.join(sorted(formats))})")
+
+
+def _per_class_table(rows: list[dict[str, Any]], limit: int = 40) -> list[str]:
+    """The per-class recall table; beyond ``limit`` classes, the worst ``limit`` (all are in the JSON)."""
+    shown = rows if len(rows) <= limit else sorted(
+        (r for r in rows if r["recall"] is not None), key=lambda r: r["recall"])[:limit]
+    width = max(len("class"), *(len(r["name"]) for r in shown))
+    head = "per-class recall" + ("" if len(shown) == len(rows) else f" (the {limit} lowest of {len(rows)}; "
+                                                                   "all in --json / --output-json)")
+    out = [head, f"  {'class':<{width}}  support  correct  recall"]
+    for r in shown:
+        recall = "-" if r["recall"] is None else f"{100 * r['recall']:.1f} %"
+        out.append(f"  {r['name']:<{width}}  {r['support']:>7}  {r['correct']:>7}  {recall:>7}")
+    return out
 
 
 def _encode_images(model: Any, paths: list[Any], preprocess: Any, args: argparse.Namespace, device: Any) -> Any:
@@ -121,7 +183,24 @@ def _encode_images(model: Any, paths: list[Any], preprocess: Any, args: argparse
         return torch.cat([model.encode_image(x.to(device), normalize=True).float().cpu() for x in loader])
 
 
+def _captions(cell: str, where: str) -> list[str]:
+    """A caption cell: one caption, or a JSON list of them (several captions of one image in one row)."""
+    from cliplab.errors import CliplabError
+
+    text = cell.strip()
+    if not text.startswith("["):
+        return [text] if text else []
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError:
+        return [text]  # a caption that merely starts with "["
+    if not isinstance(items, list) or not all(isinstance(c, str) and c.strip() for c in items):
+        raise CliplabError(f"{where}: a caption list must hold non-empty strings")
+    return [c.strip() for c in items]
+
+
 def run_retrieval(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     import torch
@@ -137,20 +216,24 @@ def run_retrieval(args: argparse.Namespace) -> int:
     rows, lines = read_rows(args.data, [args.csv_img_key, args.csv_caption_key], args.csv_separator)
     if not rows:
         raise CliplabError(f"{args.data}: no data rows")
-    index: dict[str, int] = {}
-    for (image, caption), line in zip(rows, lines, strict=True):
-        if not image or not caption.strip():
+    index: dict[str, int] = {}  # normalised image path -> image number
+    captions, owners = [], []  # every caption, and its image's number
+    for (image, cell), line in zip(rows, lines, strict=True):
+        texts = _captions(cell, f"{args.data}:{line}")
+        if not image.strip() or not texts:
             raise CliplabError(f"{args.data}:{line}: empty image path or caption")
-        index.setdefault(image, len(index))
+        key = os.path.normpath(image.strip())
+        index.setdefault(key, len(index))
+        captions += texts
+        owners += [index[key]] * len(texts)
     root = Path(args.data).parent
     image_emb = _encode_images(model, [root / p for p in index], preprocess, args, device)  # (Ni, D)
-    captions = [c for _, c in rows]
     tokens = tokenizer(captions)  # (Nt, L)
     text_emb = torch.empty(len(captions), model.cfg.embed_dim)  # (Nt, D)
     with torch.no_grad():
         for batch in batches_by_length(tokens, args.batch_size):
             text_emb[batch] = model.encode_text(tokens[batch].to(device), normalize=True).float().cpu()
-    t2i = torch.tensor([index[image] for image, _ in rows])
+    t2i = torch.tensor(owners)
     metrics = retrieval_metrics(image_emb, text_emb, t2i, ks=args.ks)
     report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data), **metrics}
     out = [f"{len(index)} images, {len(captions)} captions"]
@@ -158,6 +241,16 @@ def run_retrieval(args: argparse.Namespace) -> int:
         recalls = "  ".join(f"R@{k} {100 * metrics[f'{name}_R@{k}']:.2f}" for k in args.ks)
         out.append(f"{name}: {recalls}  median rank {metrics[f'{name}_median_rank']:g}")
     return _report(args, report, out)
+
+
+def _to_train_labels(labels: Any, test_classes: list[str], train_classes: list[str]) -> Any:
+    """Test labels renumbered as the training set numbers its classes (the two sets number their own class
+    folders or CSV labels); a class with no training images gets -1, which no prediction matches."""
+    import torch
+
+    where = {name: i for i, name in enumerate(train_classes)}
+    table = torch.tensor([where.get(name, -1) for name in test_classes])  # (C_test,)
+    return table[labels]  # (N,)
 
 
 def run_linear_probe(args: argparse.Namespace) -> int:
@@ -170,6 +263,7 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     train, test = _dataset(args.train, args, preprocess), _dataset(args.test, args, preprocess)
     xtr, ytr = extract_features(model, make_loader(train, args.batch_size, args.workers), device)
     xte, yte = extract_features(model, make_loader(test, args.batch_size, args.workers), device)
+    yte = _to_train_labels(yte, test.classes, train.classes)
     res = linear_probe(xtr, ytr, xte, yte)
     report: dict[str, Any] = {"task": "linear-probe", "checkpoint": str(args.checkpoint), "accuracy": res.accuracy,
                               "C": res.c, "val_accuracy": res.val_accuracy, "n_train": res.n_train,
@@ -177,7 +271,8 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     out = [f"linear probe: accuracy {100 * res.accuracy:.2f} % (C = {res.c:.3g}, "
            f"{res.n_train} train / {res.n_test} test)"]
     if args.shots:
-        few = few_shot_probe(xtr, ytr, xte, yte, shots=args.shots, seeds=args.seeds)
+        shots = sorted({k for group in args.shots for k in group})
+        few = few_shot_probe(xtr, ytr, xte, yte, shots=shots, seeds=args.seeds)
         report["few_shot"] = few.rows()
         rows = zip(few.shots, few.mean, few.std, strict=True)
         out += [f"{k}-shot: {100 * m:.2f} ± {100 * s:.2f} %" for k, m, s in rows]

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CliplabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a path the user gave: missing, a file where a folder goes, no permission, disk full
         where = f"{err.filename}: " if err.filename else ""
@@ -68,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: Exception) -> str:
+    """The message itself, also when a DataLoader worker wrapped it into "Caught X in DataLoader worker
+    process 0. Original Traceback ...": its last line, less the exception's class name."""
+    text = str(err).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1]
+    name, sep, message = last.partition(": ")
+    return message if sep and name.replace(".", "").replace("_", "").isalnum() else last
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def read_rows(
     """Read the named columns of a CSV: ``(rows, line numbers)``; one-line errors for a bad file or header."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # -sig: drop a BOM
             return _parse(csv.reader(fh, delimiter=separator(sep)), path, columns)
     except OSError as err:
         raise CliplabError(f"{path}: cannot open ({err.strerror})") from None

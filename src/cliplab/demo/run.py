@@ -19,6 +19,7 @@ from cliplab.checkpoint import save_checkpoint
 from cliplab.data.synthetic import EVAL_TEMPLATES, SyntheticWorld, WorldConfig, labelled_set, retrieval_set
 from cliplab.demo.figures import plot_curves, plot_predictions, plot_similarity
 from cliplab.demo.measure import evaluate_world, zero_shot_split
+from cliplab.errors import CliplabError
 from cliplab.eval.zeroshot import zero_shot_classifier
 from cliplab.fileio import write_json, write_text
 from cliplab.tokenizer import get_tokenizer
@@ -45,6 +46,13 @@ class DemoConfig:
     two_object_prob: float = 0.5  # two-object scenes teach composition (0 / 0.3 / 0.5 / 0.7 tried)
     full_caption_prob: float = 0.85
     shape_only_share: float = 0.5
+
+    def __post_init__(self) -> None:  # checked before training, not after it
+        for name, low in (("minutes", 0), ("steps", 1), ("batch_size", 2), ("eval_per_class", 1),
+                          ("n_retrieval", 2), ("workers", 0)):
+            if getattr(self, name) < low or (name == "minutes" and self.minutes == 0):
+                bound = "> 0" if name == "minutes" else f">= {low}"
+                raise CliplabError(f"demo: {name.replace('_', '-')} must be {bound}, got {getattr(self, name)}")
 
 
 def _world(cfg: DemoConfig) -> SyntheticWorld:

@@ -104,9 +104,9 @@ class LabelCsvDataset(Dataset):
         rows, lines = read_rows(self.path, [img_key, label_key], sep)
         if not rows:
             raise CliplabError(f"{self.path}: no data rows")
-        for (image, _), line in zip(rows, lines, strict=True):
-            if not image:
-                raise CliplabError(f"{self.path}:{line}: empty {img_key!r}")
+        for (image, label), line in zip(rows, lines, strict=True):
+            if not image.strip() or not label.strip():
+                raise CliplabError(f"{self.path}:{line}: empty {img_key if not image.strip() else label_key!r}")
         raw = [label.strip() for _, label in rows]
         if all(label.lstrip("-").isdigit() for label in raw):
             labels = [int(label) for label in raw]

@@ -11,8 +11,10 @@ integers (``{"0": "cat", "1": "dog"}``) and in file order otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import string
 from importlib import resources
 from pathlib import Path
 
@@ -51,6 +53,13 @@ def _parse_json(value: object, where: str) -> list[str]:
     return [v.strip() for v in value]
 
 
+def _looks_like_json(text: str) -> bool:
+    """A JSON list or object, not a line-per-entry file whose first template starts with ``{}``."""
+    head = text.lstrip()
+    return head.startswith("[") or (head.startswith("{") and head[1:].lstrip()[:1] in ('"', "}")
+                                    and not head.startswith("{}"))
+
+
 def read_list(path: str | os.PathLike[str], what: str = "entries") -> list[str]:
     """Read a list of strings from a text file (one per line) or a JSON list/object."""
     path = Path(path)
@@ -60,7 +69,7 @@ def read_list(path: str | os.PathLike[str], what: str = "entries") -> list[str]:
         raise CliplabError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise CliplabError(f"{path}: cannot read ({err})") from None
-    if text.lstrip().startswith(("[", "{")):
+    if _looks_like_json(text):
         try:
             items = _parse_json(json.loads(text), str(path))
         except json.JSONDecodeError as err:
@@ -89,16 +98,28 @@ def load_templates(name_or_path: str | os.PathLike[str]) -> list[str]:
     return templates
 
 
-def check_template(template: str, where: str = "template") -> None:
-    """A template must hold exactly one ``{}`` and no other format fields."""
+def check_template(template: object, where: str = "template") -> None:
+    """A template is a string with exactly one plain ``{}`` (or ``{0}``) field, where the class name goes."""
+    if not isinstance(template, str):
+        raise CliplabError(f"{where}: {template!r} is not a string")
     try:
-        filled = template.format("\0")
-    except (IndexError, KeyError, ValueError) as err:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
         raise CliplabError(f"{where}: {template!r} is not a valid template ({err}); use {{}} for the class") from None
-    if filled.count("\0") != 1:
-        raise CliplabError(f"{where}: {template!r} needs exactly one {{}} placeholder for the class name")
+    if len(fields) != 1 or fields[0] not in (("", "", None), ("0", "", None)):
+        raise CliplabError(f"{where}: {template!r} needs exactly one plain {{}} placeholder for the class name")
 
 
-def load_classnames(name_or_path: str | os.PathLike[str]) -> list[str]:
-    """Class names: a built-in set name (``imagenet``) or a file (lines, JSON list or JSON object)."""
+def load_classnames(name_or_path: str | os.PathLike[str], keyed: bool = False) -> list[str] | dict[str, str]:
+    """Class names: a built-in set name (``imagenet``) or a file (lines, JSON list or JSON object; an object
+    keyed by integers gives its values in key order, otherwise in file order). With ``keyed``, an object
+    keyed by class folder or CSV label names comes back as that mapping, to rename classes by name."""
+    path = Path(str(name_or_path))
+    if keyed and str(name_or_path) not in BUILTIN_CLASSNAMES and path.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data and not all(k.lstrip("-").isdigit() for k in data):
+                if not all(isinstance(v, str) and v.strip() for v in data.values()):
+                    raise CliplabError(f"{path}: expected an object of non-empty strings")
+                return {k: v.strip() for k, v in data.items()}
     return _resolve(name_or_path, BUILTIN_CLASSNAMES, "class name")

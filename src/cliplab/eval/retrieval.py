@@ -9,7 +9,8 @@ chance-level recall, never 100 %. For image→text the correct score is the best
 own captions (an image is retrieved as soon as any of its captions is).
 
 Memory: the (Ni, Nt) matrix is never built; one (chunk_size, chunk_size) block at a time is, and it serves
-both directions. The correct scores come first from one dot product per text, O(Nt·D).
+both directions. The correct scores come first, from the blocks that hold correct pairs (so that a tie is
+compared with the very same rounding).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def retrieval_ranks(
     t2i = _check(image_emb, text_emb, text_to_image)
     img, txt = image_emb.float(), text_emb.to(image_emb.device).float()
     ni, nt = img.shape[0], txt.shape[0]
-    pos = (img[t2i] * txt).sum(dim=1)  # (Nt,) score of each text with its own image
+    pos = _own_scores(img, txt, t2i, chunk_size)  # (Nt,) score of each text with its own image
     best = torch.full((ni,), float("-inf"), device=img.device).scatter_reduce(0, t2i, pos, "amax")  # (Ni,)
     i2t_wrong = torch.zeros(ni, dtype=torch.long, device=img.device)
     t2i_wrong = torch.zeros(nt, dtype=torch.long, device=img.device)
@@ -69,6 +70,24 @@ def retrieval_ranks(
             i2t_wrong.index_add_(0, rows, -(vals >= best[rows]).long())
             t2i_wrong[t0 + cols] -= (vals >= pos[t0 + cols]).long()
     return i2t_wrong + 1, t2i_wrong + 1
+
+
+def _own_scores(img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Each text's score with its own image, taken from the same block products the ranking compares them
+    with: a separately computed dot product can round differently, and then an exact tie (a duplicate
+    caption or image) would be broken by chance instead of pessimistically. Only blocks that hold a
+    correct pair are computed (the diagonal ones, when rows are grouped by image)."""
+    pos = torch.empty(txt.shape[0], device=img.device)  # (Nt,)
+    for i0 in range(0, img.shape[0], chunk_size):
+        i1 = min(i0 + chunk_size, img.shape[0])
+        for t0 in range(0, txt.shape[0], chunk_size):
+            t1 = min(t0 + chunk_size, txt.shape[0])
+            own = t2i[t0:t1]  # (bt,)
+            cols = ((own >= i0) & (own < i1)).nonzero().view(-1)
+            if cols.numel():
+                scores = img[i0:i1] @ txt[t0:t1].T  # (bi, bt)
+                pos[t0 + cols] = scores[own[cols] - i0, cols]
+    return pos
 
 
 def rank_summary(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

@@ -72,3 +72,90 @@ def test_json_last_line_and_saved_classifier(setup, capsys):
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["top1"] == first["top1"] and second["per_class"] == first["per_class"]
     assert json.loads((d / "k.json").read_text())["top1"] == first["top1"]
+
+
+def test_linear_probe_maps_test_classes_by_name(setup, tmp_path, capsys):
+    d = setup
+    (tmp_path / "test" / "red").mkdir(parents=True)  # only the second of the training classes
+    for j in range(2):
+        Image.new("RGB", (40, 40), (255, 0, 0)).save(tmp_path / "test" / "red" / f"{j}.png")
+    args = ["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--train", str(d / "data"),
+            "--device", "cpu", "--json"]
+    assert main([*args, "--test", str(d / "data")]) == 0
+    full = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert main([*args, "--test", str(tmp_path / "test"), "--shots", "1,2"]) == 0
+    out = capsys.readouterr().out
+    part = json.loads(out.splitlines()[-1])
+    assert full["accuracy"] == part["accuracy"] == 1.0  # red is label 1 in --train, label 0 in --test alone
+    assert "1-shot" in out and "2-shot" in out
+
+
+def test_classnames_object_renames_by_key_and_per_class_table(setup, tmp_path, capsys):
+    d = setup
+    (tmp_path / "names.json").write_text(json.dumps({"red": "crimson", "green": "emerald"}))
+    assert main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
+                 "--templates", "simple", "--classnames", str(tmp_path / "names.json"), "--device", "cpu",
+                 "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    report = json.loads(out[-1])
+    assert [r["name"] for r in report["per_class"]] == ["emerald", "crimson"]  # folders green, red
+    assert any(line.startswith("per-class recall") for line in out)
+    assert any(line.strip().startswith("crimson") and line.rstrip().endswith("%") for line in out)
+
+
+def test_retrieval_list_captions_and_path_spellings(setup, tmp_path):
+    d = setup
+    (d / "list.csv").write_text('filepath,title\ndata/red/0.png,"[""a red square"", ""red""]"\n'
+                                "./data/green/1.png,a green square\n")
+    assert main(["eval", "retrieval", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "list.csv"),
+                 "--output", str(tmp_path / "r.json"), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_images"] == 2 and report["num_texts"] == 3
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--confusion-png", "c.xyz"], "cannot write a .xyz figure"),
+    (["--templates", "TPL"], "needs exactly one plain {} placeholder"),
+    (["--load-classifier", "CLF"], "built for classes"),
+])
+def test_zeroshot_mistakes_are_one_line(setup, tmp_path, capsys, extra, message):
+    d = setup
+    (tmp_path / "tpl.txt").write_text("a {0.real}\n")
+    from cliplab.eval.zeroshot import save_classifier
+
+    save_classifier(tmp_path / "clf.safetensors", __import__("torch").zeros(128, 3), ["cat", "dog", "fox"], "{}")
+    extra = [{"TPL": str(tmp_path / "tpl.txt"), "CLF": str(tmp_path / "clf.safetensors")}.get(e, e) for e in extra]
+    code = main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
+                 "--templates", "simple", "--device", "cpu", *extra])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_worker_errors_are_one_line(setup, tmp_path, capsys):
+    d = setup
+    (tmp_path / "data" / "red").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(tmp_path / "data" / "red" / "0.png")
+    (tmp_path / "data" / "red" / "bad.png").write_text("not an image")
+    assert main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(tmp_path / "data"),
+                 "--templates", "simple", "--device", "cpu", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "bad.png: unreadable image" in err and "\n" not in err
+
+
+def test_csv_labels_must_not_be_empty(setup, tmp_path):
+    d = setup
+    (d / "lab.csv").write_text("\ufefffilepath,label\ndata/red/0.png,red\ndata/red/1.png,\n")
+    from cliplab.errors import CliplabError
+    from cliplab.eval.datasets import LabelCsvDataset
+
+    with pytest.raises(CliplabError, match=r"lab\.csv:3: empty 'label'"):
+        LabelCsvDataset(d / "lab.csv", transform=lambda im: im)
+
+
+def test_batch_size_is_checked_by_the_parser(setup, capsys):
+    d = setup
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
+              "--batch-size", "0"])
+    assert info.value.code == 2 and "argument --batch-size: 0 is below 1" in capsys.readouterr().err

@@ -107,3 +107,14 @@ def test_input_errors():
         retrieval_metrics(img, txt, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(CliplabError, match=r"\(Ni, D\)"):
         retrieval_metrics(img, torch.randn(4, 5), torch.tensor([0, 1, 2, 2]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_duplicate_captions_and_images_tie_pessimistically(seed):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(2, 512, generator=g), dim=-1)
+    cap = torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=-1)
+    i2t, _ = retrieval_ranks(img, cap.repeat(2, 1), torch.tensor([0, 1]))  # one caption text for both images
+    assert i2t.tolist() == [2, 2]  # each image's own caption ties with the other's: the worse rank
+    _, t2i = retrieval_ranks(img[:1].repeat(2, 1), torch.randn(2, 512, generator=g), torch.tensor([0, 1]))
+    assert t2i.tolist() == [2, 2]  # identical images
