@@ -103,8 +103,65 @@ def test_http_api(client):
     ("post", "/embed", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400),
     ("post", "/embed", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415),
     ("post", "/search", {"files": {"image": ("big.png", b"0" * 300_000, "image/png")}}, 413),
+    ("post", "/classify", {"files": {"image": ("x.png", _png(), "image/png")},
+                           "data": {"labels": " ".join(["red"] * 40) + ",cat"}}, 422),  # longer than the context
+    ("post", "/classify", {"files": {"image": ("x.png", _png(), "image/png")},
+                           "data": {"labels": "red", "template": "{} and {}"}}, 422),
+    ("post", "/embed", {"content": b"[" * 100_000 + b"]" * 100_000,
+                        "headers": {"content-type": "application/json"}}, 400),
+    ("post", "/embed", {"content": iter([b'{"texts": ["' + b"a" * 100_000] * 3 + [b'"]}']),
+                        "headers": {"content-type": "application/json"}}, 413),  # chunked: no Content-Length
 ])
 def test_bad_requests_get_json_4xx(client, method, url, kwargs, status):
     r = getattr(client, method)(url, **kwargs)
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"}
+
+
+def test_thumbnails_of_transparent_and_palette_images(tmp_path, collection):
+    from fastapi.testclient import TestClient
+
+    from cliplab.infer.server import create_app
+
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    Image.new("RGBA", (20, 20), (255, 0, 0, 90)).save(folder / "rgba.png")
+    Image.new("LA", (20, 20), (128, 50)).save(folder / "la.png")
+    Image.new("RGB", (20, 20), (0, 90, 200)).convert("P").save(folder / "p.png")
+    assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(folder), "--output",
+                 str(tmp_path / "store")]) == 0
+    client = TestClient(create_app(str(tmp_path / "store")))
+    for i in range(3):
+        r = client.get(f"/images/{i}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+
+
+def test_store_names_its_model_absolutely_and_checks_its_size(tmp_path, collection, capsys, monkeypatch):
+    from cliplab.infer.store import EmbeddingStore
+
+    monkeypatch.chdir(collection)
+    assert main(["embed", "--checkpoint", "ckpt", "--images", "imgs", "--output", str(tmp_path / "s"),
+                 "--part-size", "16"]) == 0
+    assert EmbeddingStore(tmp_path / "s").model_id == str((collection / "ckpt").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(tmp_path / "s"), "a red circle", "-k", "2"]) == 0  # from another folder
+    other = tiny_checkpoint(tmp_path / "wide", embed_dim=64)
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "s"), "red", "--checkpoint", str(other)]) == 2
+    assert "holds 128-d vectors but" in capsys.readouterr().err
+
+
+def test_resume_keeps_every_caption_row(tmp_path, collection):
+    from cliplab.infer.store import EmbeddingStore
+
+    rows = [f"{p.name},caption {j} of {p.stem}" for p in sorted((collection / "imgs").glob("*.png"))[:6]
+            for j in range(3)]
+    head = "filepath,title\n"
+    (collection / "imgs" / "part.csv").write_text(head + "\n".join(rows[:7]) + "\n")  # a run cut short
+    (collection / "imgs" / "caps.csv").write_text(head + "\n".join(rows + rows[:1]) + "\n")  # + a repeated row
+    args = ["embed", "--checkpoint", str(collection / "ckpt"), "--csv-caption-key", "title", "--output",
+            str(tmp_path / "s"), "--part-size", "4"]
+    assert main([*args, "--images", str(collection / "imgs" / "part.csv")]) == 0
+    assert main([*args, "--images", str(collection / "imgs" / "caps.csv")]) == 0
+    store = EmbeddingStore(tmp_path / "s")
+    assert len(store) == 19 and len(set(store.metadata().column("caption").to_pylist())) == 18

@@ -72,6 +72,9 @@ def test_page_search_and_classify(server, tmp_path):
         page.click("#cls-btn")
         page.wait_for_selector("#bars .bar", timeout=20_000)
         assert page.locator("#bars .bar").count() == 3
+        # file names are inert text, also inside attributes (a quote must not end alt="...")
+        escaped = page.evaluate("""esc('x" onerror="alert(1)" <b>&')""")
+        assert escaped == "x&quot; onerror=&quot;alert(1)&quot; &lt;b&gt;&amp;"
         shot = tmp_path / "page.png"  # the screenshot the issue asks for (kept in pytest's tmp folder)
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from cliplab.cli.args import count
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed images (folder, CSV or shards) into a resumable embedding store")
@@ -14,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image folder, CSV, or WebDataset shards (a .tar or a pattern like 'shards/{0000..0009}.tar')")
     p.add_argument("--output", required=True, help="embedding store folder (created, or resumed)")
     p.add_argument("--texts", help="also embed texts: a .txt file (one per line) or a CSV (--csv-caption-key)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--batch-size", type=count(1), default=64)
+    p.add_argument("--workers", type=count(0), default=0, help="DataLoader workers decoding images")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored vector type")
-    p.add_argument("--part-size", type=int, default=4096, help="vectors per atomically written part")
+    p.add_argument("--part-size", type=count(1), default=4096, help="vectors per atomically written part")
     p.add_argument("--csv-img-key", default="filepath")
     p.add_argument("--csv-caption-key", default=None)
     p.add_argument("--csv-separator", default=",")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cliplab.api import load_model, resolve_device
     from cliplab.infer.embed import embed_collection, embed_texts, list_items
-    from cliplab.infer.store import EmbeddingStore
+    from cliplab.infer.store import EmbeddingStore, model_id
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compile:
         model.compile_for_inference()
     store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype,
-                                          model_id=str(args.checkpoint), rank=rank)
+                                          model_id=model_id(args.checkpoint), rank=rank)
     items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
     report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
                               workers=args.workers, precision=args.precision, part_size=args.part_size,
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
         texts = _texts(args.texts, args.csv_caption_key, args.csv_separator)
         tstore = EmbeddingStore.open_or_create(os.path.join(args.output, "texts"), dim=cfg.model.embed_dim,
-                                               dtype=args.dtype, model_id=str(args.checkpoint))
+                                               dtype=args.dtype, model_id=model_id(args.checkpoint))
         done = tstore.done_keys("caption")
         todo = [t for t in texts if t not in done]
         if todo:

@@ -6,29 +6,13 @@ import argparse
 import json
 from typing import Any
 
-
-def _count(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        return value
-
-    return parse
-
-
-def _counts(text: str) -> list[int]:
-    """``1,2,4`` (or one value; several flags' values are joined)."""
-    return [_count(1)(part) for part in text.split(",") if part.strip()]
+from cliplab.cli.args import count, counts
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="anything cliplab.load accepts")
-    p.add_argument("--batch-size", type=_count(1), default=64)
-    p.add_argument("--workers", type=_count(0), default=0, help="DataLoader workers decoding images")
+    p.add_argument("--batch-size", type=count(1), default=64)
+    p.add_argument("--workers", type=count(0), default=0, help="DataLoader workers decoding images")
     p.add_argument("--device", default="auto")
     p.add_argument("--output-json", "--output", dest="output", help="write the report as JSON here (atomically)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
@@ -61,14 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--data", required=True, help="CSV; rows sharing an image path are captions of one image, "
                    "and a caption cell may hold a JSON list of captions")
     r.add_argument("--csv-caption-key", default="title")
-    r.add_argument("--ks", type=_count(1), nargs="+", default=[1, 5, 10])
+    r.add_argument("--ks", type=count(1), nargs="+", default=[1, 5, 10])
     r.set_defaults(func=run_retrieval)
 
     lp = tasks.add_parser("linear-probe", help="logistic-regression probe on frozen image embeddings")
     _common(lp)
     _labelled(lp, "--train", "training images")
     lp.add_argument("--test", required=True, help="test images (same layout as --train)")
-    lp.add_argument("--shots", type=_counts, nargs="*", help="also run k-shot probes for these k: 1,2,4,8,16")
+    lp.add_argument("--shots", type=counts, nargs="*", help="also run k-shot probes for these k: 1,2,4,8,16")
     lp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     lp.set_defaults(func=run_linear_probe)
 

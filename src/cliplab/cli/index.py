@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cliplab.cli.args import count
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build a FAISS index for an embedding store")
@@ -12,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], help="default: flat below 100k items, else hnsw")
     p.add_argument("--target-recall", type=float, default=0.95,
                    help="approximate kinds: widen the search until recall@10 vs exact reaches this (default 0.95)")
-    p.add_argument("--nprobe", type=int, help="ivf: clusters visited per query (fixed; skips tuning)")
-    p.add_argument("--ef-search", type=int, help="hnsw: search breadth (fixed; skips tuning)")
+    p.add_argument("--nprobe", type=count(1), help="ivf: clusters visited per query (fixed; skips tuning)")
+    p.add_argument("--ef-search", type=count(1), help="hnsw: search breadth (fixed; skips tuning)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 

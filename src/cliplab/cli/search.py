@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliplabError("-k must be at least 1")
     store = EmbeddingStore(args.store)
     model, preprocess, tokenizer = load(args.checkpoint or store.model_id)
+    store.check_model(model, args.checkpoint or store.model_id)
     with torch.no_grad():
         if args.image:
             q = model.encode_image(preprocess(load_image(args.image))[None], normalize=True)

@@ -16,6 +16,7 @@ import json
 import os
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,16 +155,31 @@ def _shard_items(pattern: str) -> list[dict[str, Any]]:
     return items
 
 
+def _not_stored(items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]:
+    """The items without a stored row yet. An item is its (path, caption) pair, counted: a CSV may give one
+    image several captions (one row each), or even repeat a row, and each row is one stored vector."""
+    table = store.metadata()
+    captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(table)
+    stored = Counter(zip(table.column("path").to_pylist(), captions, strict=True))
+    todo = []
+    for item in items:
+        key = (item["path"], item["caption"])
+        if stored[key] > 0:
+            stored[key] -= 1
+        else:
+            todo.append(item)
+    return todo
+
+
 def list_items(source: str | os.PathLike[str], img_key: str = "filepath", caption_key: str | None = None,
                sep: str = ",") -> list[dict[str, Any]]:
     """The images of a folder, CSV or tar shards as ``{"path", "caption"}`` records, in a stable order."""
     from cliplab.data.csv import read_rows
     from cliplab.data.folder import list_images
 
-    text = str(source)
-    if text.endswith(".tar") or "{" in text or "::" in text:
+    text, src = str(source), Path(source)
+    if (text.endswith(".tar") or "{" in text or "::" in text) and not (src.is_dir() or src.suffix == ".csv"):
         return _shard_items(text)
-    src = Path(source)
     if src.is_dir():
         return [{"path": str(p.resolve()), "caption": None} for p in list_images(src)]
     if not src.exists():
@@ -228,9 +244,8 @@ def embed_collection(
     from tqdm import tqdm
 
     report = EmbedReport()
-    done = store.done_keys("path")
     mine = items[rank::world_size]
-    todo = [it for it in mine if it["path"] not in done]
+    todo = _not_stored(mine, store)
     report.already_done = len(mine) - len(todo)
     loader = DataLoader(_ImageItems(todo, preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)

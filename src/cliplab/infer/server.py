@@ -62,6 +62,8 @@ class _Service:
         if checkpoint is None:
             raise CliplabError("serve: give a STORE (whose manifest names its checkpoint) or --checkpoint")
         self.model, self.preprocess, self.tokenizer = load(checkpoint, device=device)
+        if self.store is not None:
+            self.store.check_model(self.model, str(checkpoint))
         self.checkpoint = str(checkpoint)
         self.metadata = self.store.metadata().to_pylist() if self.store is not None else []
 
@@ -105,6 +107,19 @@ class _Service:
         if not 1 <= k <= self.limits.max_k:
             raise ApiError(422, f"k must be between 1 and {self.limits.max_k}")
         return k
+
+
+def _rgb_for_jpeg(img: Any) -> Any:
+    """JPEG holds RGB or grey: transparency is composited on white, palettes and other modes converted."""
+    from PIL import Image
+
+    if img.mode in ("RGB", "L"):
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def _labels(raw: str, limit: int) -> list[str]:
@@ -178,22 +193,37 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
         template: Annotated[str, Form()] = "a photo of a {}.",
     ) -> dict[str, Any]:
         from cliplab.api import classify as zero_shot
+        from cliplab.eval.prompts import check_template
 
         names = _labels(labels, limits.max_labels)
-        if "{}" not in template or len(template) > limits.max_query_chars:
-            raise ApiError(422, "template must contain {} and be short")
+        if any(len(name) > limits.max_query_chars for name in names):
+            raise ApiError(422, f"labels: at most {limits.max_query_chars} characters each")
+        if len(template) > limits.max_query_chars:
+            raise ApiError(422, f"template: at most {limits.max_query_chars} characters")
+        try:
+            check_template(template)
+        except CliplabError as err:
+            raise ApiError(422, str(err)) from None
         pil = svc.image(await image.read(limits.max_upload_bytes + 1), image.filename or "image")
-        preds = zero_shot([pil], names, svc.model, svc.preprocess, svc.tokenizer, templates=template)[0]
+        try:
+            preds = zero_shot([pil], names, svc.model, svc.preprocess, svc.tokenizer, templates=template)[0]
+        except CliplabError as err:  # e.g. a prompt longer than the model's context
+            raise ApiError(422, str(err)) from None
         return {"predictions": preds}
 
     @app.post("/embed")
     async def embed(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "")
         if kind.startswith("application/json"):
+            raw = bytearray()
+            async for chunk in request.stream():  # bounded however the body is sent (chunked or not)
+                raw += chunk
+                if len(raw) > limits.max_upload_bytes:
+                    raise ApiError(413, f"request larger than {limits.max_upload_bytes} bytes")
             try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ApiError(400, "body is not valid JSON") from None
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                raise ApiError(400, "body is not valid JSON (or nested too deeply)") from None
             texts = body.get("texts") if isinstance(body, dict) else None
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
                 raise ApiError(422, 'texts: expected {"texts": ["...", ...]}')
@@ -219,11 +249,11 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
         path = svc.metadata[item_id]["path"]
         try:
             img = read_item_image(path, max_pixels=limits.max_image_pixels)
-        except (CliplabError, OSError):
+            img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
+            buf = io.BytesIO()
+            _rgb_for_jpeg(img).save(buf, format="JPEG", quality=85)
+        except (CliplabError, OSError, ValueError):
             raise ApiError(404, f"item {item_id}: image no longer readable") from None
-        img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     return app

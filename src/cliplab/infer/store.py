@@ -20,13 +20,24 @@ import numpy as np
 from cliplab.errors import CliplabError
 from cliplab.fileio import atomic_path, write_json
 
-__all__ = ["EmbeddingStore"]
+__all__ = ["EmbeddingStore", "model_id", "same_model"]
 
 COLUMNS = ("path", "width", "height", "caption")
 
 
 def _manifest_name(rank: int) -> str:
     return "manifest.json" if rank == 0 else f"manifest-r{rank}.json"
+
+
+def model_id(checkpoint: str | os.PathLike[str]) -> str:
+    """How a store names its model: an absolute path for a local checkpoint (so the store can be queried
+    from any folder), else the name as given (``ViT-B-32``)."""
+    path = Path(checkpoint)
+    return str(path.resolve()) if path.exists() else str(checkpoint)
+
+
+def same_model(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
 class EmbeddingStore:
@@ -62,6 +73,12 @@ class EmbeddingStore:
                     "normalized": True, "parts": []})
         return cls(path)
 
+    def check_model(self, model: Any, name: str) -> None:
+        """A query model must make vectors of the store's size."""
+        if model.cfg.embed_dim != self.dim:
+            raise CliplabError(f"{self.path}: the store holds {self.dim}-d vectors but {name} makes "
+                               f"{model.cfg.embed_dim}-d ones; query it with the model that built it")
+
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16",
                        model_id: str | None = None, rank: int = 0) -> EmbeddingStore:
@@ -70,7 +87,7 @@ class EmbeddingStore:
             store = cls(path)
             if store.dim != dim:
                 raise CliplabError(f"{path}: store holds {store.dim}-d vectors but the model makes {dim}-d ones")
-            if model_id and store.model_id and store.model_id != model_id:
+            if model_id and store.model_id and not same_model(store.model_id, model_id):
                 raise CliplabError(f"{path}: store was built with {store.model_id}, not {model_id}")
             return store
         # each rank writes only its own manifest, so ranks starting together never overwrite each other
