@@ -165,12 +165,14 @@ def classify(
         raise CliplabError(f"classify: labels must be a list of strings, not the string {labels!r}")
     if not labels:
         raise CliplabError("classify: no candidate labels given")
+    if top_k is not None and top_k < 1:
+        raise CliplabError(f"classify: top_k must be at least 1, got {top_k}")
     cfg, root = getattr(model, "loaded_from", (CLIPConfig.for_model(model.cfg), None))
     preprocess = preprocess or Preprocess(cfg.preprocess)
     tokenizer = tokenizer or get_tokenizer(cfg.tokenizer, root=root)
     if not images:
         return []
-    if isinstance(templates, str) and "{}" in templates:
+    if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
         templates = [templates]
     device = next(model.parameters()).device
     classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=device)  # (D, C)

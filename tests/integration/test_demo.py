@@ -16,6 +16,8 @@ def test_demo_pipeline(tmp_path):
                  "--workers", "0", "--eval-per-class", "1", "--n-retrieval", "40", "--json"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["classes"] == 64 and report["chance_top1"] == pytest.approx(1 / 64)
+    assert report["chance_top5"] == pytest.approx(5 / 64) and report["linear_probe"]["chance_top1"] == 1 / 64
+    assert report["retrieval"]["chance_R@5"] == pytest.approx(5 * report["retrieval"]["chance_R@1"])
     for name in ("zeroshot_single", "zeroshot_ensemble"):
         for split in ("held_out", "seen"):
             assert 0.0 <= report[name][split]["top1"] <= 1.0

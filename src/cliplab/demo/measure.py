@@ -38,6 +38,7 @@ def evaluate_world(model: Any, preprocess: Any, tokenizer: Any, world: Synthetic
     held = labelled_set(world, n_per_class, "heldout", seed=seed)
     seen = labelled_set(world, max(2, n_per_class // 4), "train", seed=seed)
     report: dict[str, Any] = {"classes": len(names), "chance_top1": 1 / len(names),
+                              "chance_top5": min(5, len(names)) / len(names),
                               "held_out_pairs": [f"{c} {s}" for c, s in world.held_out_pairs()]}
     for name, templates in (("single", SINGLE_TEMPLATE), ("ensemble", EVAL_TEMPLATES)):
         classifier = zero_shot_classifier(model, tokenizer, names, list(templates))
@@ -56,6 +57,7 @@ def evaluate_world(model: Any, preprocess: Any, tokenizer: Any, world: Synthetic
                                              "text_to_image_R@5")}
     report["retrieval"]["n"] = len(scenes)
     report["retrieval"]["chance_R@1"] = 1 / len(scenes)
+    report["retrieval"]["chance_R@5"] = min(5, len(scenes)) / len(scenes)
     train = labelled_set(world, 8, "all", seed=seed + 1)
     test = labelled_set(world, 4, "all", seed=seed + 2)
 
@@ -65,5 +67,6 @@ def evaluate_world(model: Any, preprocess: Any, tokenizer: Any, world: Synthetic
         return torch.cat(xs), torch.cat(ys)
 
     probe = linear_probe(*feats(train), *feats(test), c_grid=[0.1, 1.0, 10.0, 100.0])
-    report["linear_probe"] = {"top1": probe.accuracy, "C": probe.c, "n_train": probe.n_train, "n_test": probe.n_test}
+    report["linear_probe"] = {"top1": probe.accuracy, "C": probe.c, "n_train": probe.n_train, "n_test": probe.n_test,
+                              "chance_top1": 1 / len(names)}
     return report

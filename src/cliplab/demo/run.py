@@ -140,7 +140,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"on coloured shapes. Held-out colour×shape combinations ({', '.join(r['held_out_pairs'])}) were never "
         "shown in training, as the main object or the second one.", "",
         f"## Zero-shot classification over all {r['classes']} colour×shape classes "
-        f"(chance top-1 {_pct(r['chance_top1'])})", "",
+        f"(chance top-1 {_pct(r['chance_top1'])}, top-5 {_pct(r['chance_top5'])})", "",
         "| images | templates | top-1 | top-5 | n |", "|---|---|---|---|---|",
     ]
     for name, z in (("single", s), ("ensemble", e)):
@@ -151,12 +151,14 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += [
         "", f"Targets: held-out top-1 ≥ {_pct(r['targets']['held_out_top1'])}, seen ≥ "
         f"{_pct(r['targets']['seen_top1'])}, ensembling at least as good as one template.", "",
-        f"## Retrieval on {rt['n']} fresh scenes (chance R@1 {_pct(rt['chance_R@1'])})", "",
+        f"## Retrieval on {rt['n']} fresh scenes (chance R@1 {_pct(rt['chance_R@1'])}, "
+        f"R@5 {_pct(rt['chance_R@5'])})", "",
         "| direction | R@1 | R@5 |", "|---|---|---|",
         f"| image → text | {_pct(rt['image_to_text_R@1'])} | {_pct(rt['image_to_text_R@5'])} |",
         f"| text → image | {_pct(rt['text_to_image_R@1'])} | {_pct(rt['text_to_image_R@5'])} |", "",
         f"## Linear probe on frozen image features: {_pct(lp['top1'])} top-1 "
-        f"({lp['n_train']} train / {lp['n_test']} test images, C = {lp['C']})", "",
+        f"({lp['n_train']} train / {lp['n_test']} test images, C = {lp['C']}; chance {_pct(lp['chance_top1'])})",
+        "",
         "Figures: `curves.png` (loss, temperature, held-out accuracy), `similarity.png` (the image–text "
         "similarity matrix of a batch), `predictions.png` (held-out images with their top-3 labels). "
         "The model is in `checkpoint/` (`cliplab.load`).", "",

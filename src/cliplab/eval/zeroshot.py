@@ -48,7 +48,7 @@ class Encoder(Protocol):
 def resolve_templates(templates: Sequence[str] | str) -> list[str]:
     """A single template (a string holding ``{}``), a built-in set name or file, or a list of templates."""
     if isinstance(templates, str | os.PathLike):
-        if isinstance(templates, str) and "{}" in templates:
+        if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
             templates = [templates]
         else:
             return load_templates(templates)

@@ -136,3 +136,7 @@ def test_bad_device_and_classify_defaults(tmp_path):
     assert got == cliplab.classify(images, ["red", "blue"], model=loaded, preprocess=preprocess, tokenizer=tokenizer)
     with pytest.raises(CliplabError, match="labels must be a list of strings"):
         cliplab.classify(images, "cat", model=loaded)
+    with pytest.raises(CliplabError, match="top_k must be at least 1"):
+        cliplab.classify(images, ["red", "blue"], model=loaded, top_k=0)
+    assert cliplab.classify(images, ["red", "blue"], model=loaded, templates="{0}") == \
+        cliplab.classify(images, ["red", "blue"], model=loaded, templates="{}")
