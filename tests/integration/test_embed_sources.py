@@ -108,3 +108,16 @@ def test_torchrun_two_ranks_embed_each_item_once(world):
     assert len(EmbeddingStore(out)) == 24 and merged.keys() == single.keys()  # no duplicates, no gaps
     for path, vec in merged.items():
         np.testing.assert_allclose(vec, single[path], atol=1e-5)
+
+
+def test_not_a_tar_and_folders_with_pattern_characters(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "fake.tar").write_text("hello")
+    assert main(["embed", "--checkpoint", str(ckpt), "--images", str(tmp_path / "fake.tar"), "--output",
+                 str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'fake.tar'}: unreadable shard") and "\n" not in err
+    write_folder(SyntheticWorld(), 3, tmp_path / "col{a}.tar")  # a folder, whatever its name looks like
+    assert main(["embed", "--checkpoint", str(ckpt), "--images", str(tmp_path / "col{a}.tar"), "--output",
+                 str(tmp_path / "s2")]) == 0
+    assert len(EmbeddingStore(tmp_path / "s2")) == 3

@@ -74,8 +74,8 @@ def _one_line(err: Exception) -> str:
     """The message itself, also when a DataLoader worker wrapped it into "Caught X in DataLoader worker
     process 0. Original Traceback ...": its last line, less the exception's class name."""
     text = str(err).strip()
-    if "\n" not in text:
-        return text
+    if "Original Traceback" not in text:
+        return " ".join(text.split())
     last = text.splitlines()[-1]
     name, sep, message = last.partition(": ")
     return message if sep and name.replace(".", "").replace("_", "").isalnum() else last

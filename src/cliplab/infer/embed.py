@@ -100,7 +100,7 @@ def _tar_members(tar: str, mtime: float) -> dict[str, tuple[int, int]]:
         with tarfile.open(tar) as tf:
             return {m.name: (m.offset_data, m.size) for m in tf.getmembers() if m.isfile()}
     except (OSError, tarfile.TarError) as err:
-        raise CliplabError(f"{tar}: unreadable shard ({err})") from None
+        raise CliplabError(f"{tar}: unreadable shard ({' '.join(str(err).split())})") from None
 
 
 def read_item_image(path: str, max_pixels: int | None = None) -> Any:

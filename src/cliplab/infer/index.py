@@ -76,6 +76,8 @@ class SearchIndex:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except (OSError, ValueError, RuntimeError) as err:
             raise CliplabError(f"{folder / INDEX_FILE}: unreadable index ({str(err).splitlines()[0]})") from None
+        if not isinstance(info, dict):
+            raise CliplabError(f"{folder / SIDECAR}: expected a JSON object (rebuild with cliplab index)")
         if "nprobe" in info:  # the tuned search breadth, whether or not the file format kept it
             index.nprobe = int(info["nprobe"])
         if "efSearch" in info:

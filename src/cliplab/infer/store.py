@@ -51,8 +51,9 @@ class EmbeddingStore:
             try:
                 data = json.loads(m.read_text())
                 rank = int(data.get("rank", 0))
-            except (OSError, ValueError) as err:
-                raise CliplabError(f"{m}: unreadable store manifest ({err})") from None
+                int(data["dim"]), str(data["dtype"])
+            except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:
+                raise CliplabError(f"{m}: unreadable store manifest ({type(err).__name__}: {err})") from None
             self._manifests[rank] = data
         head = self._manifests.get(0) or next(iter(self._manifests.values()))
         self.dim: int = int(head["dim"])

@@ -108,3 +108,20 @@ def test_saved_index_detects_staleness(tmp_path):
     store.append_part(_unit(5, seed=2), _rows(5, 10))
     assert load_or_build_index(EmbeddingStore(tmp_path / "s")).index.ntotal == 15
     assert json.loads((tmp_path / "s" / "index.json").read_text())["count"] == 15
+
+
+def test_hand_edited_manifest_and_sidecar_are_one_line_errors(tmp_path):
+    from cliplab.infer.index import SIDECAR
+
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(2), _rows(2))
+    manifest = tmp_path / "s" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["dtype"]
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CliplabError, match=r"manifest\.json: unreadable store manifest \(KeyError"):
+        EmbeddingStore(tmp_path / "s")
+    build_index(_unit(20), "flat").save(tmp_path / "i")
+    (tmp_path / "i" / SIDECAR).write_text("[]")
+    with pytest.raises(CliplabError, match="expected a JSON object"):
+        SearchIndex.load(tmp_path / "i")
