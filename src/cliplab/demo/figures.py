@@ -34,9 +34,11 @@ def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike[str]) -> 
     train = [h for h in history if "loss" in h]
     evals = [h for h in history if "zeroshot_top1" in h]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot([h["step"] for h in train], [h["loss"] for h in train], lw=1)
+    dots = "o" if len(train) < 2 else None  # a single logged step is a dot, not an invisible line
+    axes[0].plot([h["step"] for h in train], [h["loss"] for h in train], lw=1, marker=dots)
     axes[0].set(title="contrastive loss", xlabel="step", yscale="log")
-    axes[1].plot([h["step"] for h in train], [h.get("scale", float("nan")) for h in train], lw=1, color="C1")
+    axes[1].plot([h["step"] for h in train], [h.get("scale", float("nan")) for h in train], lw=1, color="C1",
+                 marker=dots)
     axes[1].set(title="logit scale (1 / temperature)", xlabel="step")
     if evals:
         axes[2].plot([h["step"] for h in evals], [100 * h["zeroshot_top1"] for h in evals], marker="o", color="C2")
