@@ -279,6 +279,10 @@ def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):
     (["--csv-separator", "ab", "--train-data", "x.csv"], "csv separator 'ab': must be one character"),
     (["--train-data", "nowhere"], "nowhere: cannot tell its data format"),
     (["--data-format", "synthetic", "--train-data", "x.csv"], "is not read with data.format synthetic"),
+    (["optim.grad_clip_norm=-1"], "optim.grad_clip_norm must be > 0"),
+    (["optim.min_lr_ratio=2"], "optim.min_lr_ratio must be in [0, 1]"),
+    (["--lr", "inf"], "optim.lr must be finite"),
+    (["--device", "meta"], "training runs on cpu or cuda"),
 ])
 def test_bad_settings_are_one_line(tmp_path, capsys, flags, message):
     args = [*COMMON, "--steps", "1", "--output", str(tmp_path / "r")]
@@ -293,8 +297,58 @@ def test_resume_with_other_settings_is_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "2", "--resume", str(run),
                  "--output", str(tmp_path / "b")]) == 2
-    assert "tensors do not match the config" in capsys.readouterr().err
+    assert "its architecture differs" in capsys.readouterr().err
     assert main(["train", *COMMON, "--lock-image", "--steps", "2", "--resume", str(run),
                  "--output", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "--lock-image / --lock-text must be as in the run being resumed" in err
+
+
+def test_resume_is_exact_after_skipped_batches(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["filepath,title"]
+    for i in range(24):
+        if i % 2:
+            rows.append(f"gone{i}.png,missing")  # half the rows: batches of 2 are often unusable
+        else:
+            Image.new("RGB", (36, 36), (i * 10, 80, 160)).save(data / f"{i}.png")
+            rows.append(f"{i}.png,shade {i}")
+    (data / "d.csv").write_text("\n".join(rows) + "\n")
+    args = ["train", *COMMON, "--train-data", str(data / "d.csv"), "--batch-size", "2", "--steps", "12",
+            "--save-every", "3"]
+    assert main([*args, "--output", str(tmp_path / "full")]) == 0
+    assert main([*args, "--output", str(tmp_path / "part"), "--stop-after", "7"]) == 0
+    assert main([*args, "--output", str(tmp_path / "part"), "--resume", "latest"]) == 0
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    full, part = (json.loads((tmp_path / r / "summary.json").read_text())["bad_samples"] for r in ("full", "part"))
+    assert full == part
+
+
+def test_resume_into_another_runs_folder_and_other_architecture(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *COMMON, "--steps", "2", "--output", str(a)]) == 0
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--steps", "3", "--resume", str(b), "--output", str(a)]) == 2
+    assert "already holds another run's checkpoints" in capsys.readouterr().err
+    arch = json.loads((Path(cliplab.__file__).parent / "archs" / "ViT-Tiny-32px.json").read_text())
+    arch["vision"]["activation"] = "quick_gelu"  # same tensor shapes, other maths
+    (tmp_path / "other.json").write_text(json.dumps(arch))
+    assert main(["train", *COMMON, "--model", str(tmp_path / "other.json"), "--steps", "3", "--resume", "latest",
+                 "--output", str(a)]) == 2
+    assert "its architecture differs" in capsys.readouterr().err
+
+
+def test_validation_set_has_its_own_format_and_is_checked_first(tmp_path, capsys):
+    data = _csv(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "2", "--val-data", str(data), "--eval-every", "1",
+                 "--output", str(run)]) == 0  # synthetic training, CSV validation
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [1, 2]
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--steps", "2", "--val-data", str(tmp_path / "none.csv"),
+                 "--output", str(tmp_path / "r2")]) == 2
+    captured = capsys.readouterr()
+    assert "none.csv" in captured.err and "training" not in captured.out  # refused before any step

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -130,6 +131,10 @@ class TrainConfig:
             (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas: two values in [0, 1), got "
                                                                      f"{list(o.betas)}"),
             (self.loss_chunk_size is None or self.loss_chunk_size >= 1, "loss_chunk_size must be >= 1"),
+            (math.isfinite(o.lr), f"optim.lr must be finite, got {o.lr}"),
+            (o.grad_clip_norm is None or o.grad_clip_norm > 0,
+             "optim.grad_clip_norm must be > 0 (or null: no clipping)"),
+            (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
             (self.time_budget_minutes is None or self.time_budget_minutes > 0, "time_budget_minutes must be > 0"),
         ]
         for ok, msg in checks:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from cliplab.config import CLIPConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
-from cliplab.train.config import TrainConfig, to_dict
+from cliplab.train.config import TrainConfig, infer_format, to_dict
 from cliplab.train.optim import build_optimizer, lr_at
 from cliplab.train.state import load_trainer_state, resolve_run_dir, rng_state, save_run_checkpoint, set_rng_state
 from cliplab.train.step import train_step, unwrap
@@ -52,6 +52,8 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
             device = torch.device(device_pref)
         except (RuntimeError, TypeError):
             raise CliplabError(f"device {device_pref!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+        if device.type not in ("cpu", "cuda"):
+            raise CliplabError(f"device {device_pref!r}: training runs on cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CliplabError("--device cuda: CUDA is not available")
     if world > 1 and not dist.is_initialized():
@@ -98,6 +100,10 @@ def _loss_fn(cfg: TrainConfig) -> Callable:
 MAX_UNUSABLE_BATCHES = 100
 
 
+def _holds_checkpoints(ckpts: Path) -> bool:
+    return ckpts.is_dir() and any(p.is_dir() for p in ckpts.glob("step-*"))
+
+
 def _agree(n_good: int, bad: list, world: int) -> tuple[int, list]:
     """Under DDP every rank must contribute the same number of pairs to the gathered loss, and rank 0 logs
     every rank's bad samples: ``(smallest good count over ranks, all ranks' bad samples)``."""
@@ -118,14 +124,17 @@ def _resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | No
         if found is None and main and (run_dir / "checkpoints").is_dir():
             print(f"note: no checkpoint in {run_dir} yet: starting from scratch", flush=True)
         return found
+    ckpts = run_dir / "checkpoints"
     if cfg.resume:
         path = Path(cfg.resume)
         found = path if is_native(path) else resolve_run_dir(path)
         if found is None:
             raise CliplabError(f"--resume {cfg.resume}: no such checkpoint (nor a run folder with one)")
+        if found.resolve().parent != ckpts.resolve() and _holds_checkpoints(ckpts):
+            raise CliplabError(f"{run_dir}: already holds another run's checkpoints; give a new --output to "
+                               f"continue from {found}")
         return found
-    ckpts = run_dir / "checkpoints"
-    if ckpts.is_dir() and any(p.is_dir() for p in ckpts.glob("step-*")):
+    if _holds_checkpoints(ckpts):
         raise CliplabError(f"{run_dir}: already holds a run's checkpoints; --resume latest continues it, "
                            "or give another --output")
     return None
@@ -182,13 +191,17 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     start, total = 0, cfg.steps
+    drawn = 0  # batches taken from the stream, including skipped unusable ones: where a resumed run goes on
     data_position: dict[str, int] | None = None
     bad_total = 0
     resume_from = _resume_checkpoint(cfg, run_dir, main)
     if resume_from is not None:
         from cliplab.checkpoint import load_checkpoint, validate_state_dict
 
-        _, sd = load_checkpoint(resume_from)
+        saved_cfg, sd = load_checkpoint(resume_from)
+        if saved_cfg.model != clip_cfg.model:
+            raise CliplabError(f"--resume {resume_from}: its architecture differs from this run's model "
+                               f"({clip_cfg.name or 'given'}); resume with the settings of the run that wrote it")
         validate_state_dict(clip_cfg, sd, source=f"--resume {resume_from} (for model {clip_cfg.name or 'given'})")
         unwrap(model).load_state_dict(sd)
         state = load_trainer_state(resume_from)
@@ -200,6 +213,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, total = int(state["step"]), int(state["total_steps"])
+        drawn = int(state.get("batches_drawn", start))
         if cfg.steps is not None and cfg.steps != total and not cfg.time_budget_minutes:
             if main and progress:
                 print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
@@ -212,7 +226,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     tokenizer = get_tokenizer(clip_cfg.tokenizer, root=root)
     transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
-                            world_size=world, seed=cfg.seed, start_step=start,
+                            world_size=world, seed=cfg.seed, start_step=drawn,
                             image_size=clip_cfg.model.vision.image_size, position=data_position)
     if total is None:
         if cfg.epochs is None or data.steps_per_epoch is None:
@@ -252,6 +266,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         unusable = 0  # consecutive batches with fewer than 2 good pairs
         while step < total:
             batch = next(data.batches)
+            drawn += 1
             n_good, bad = _agree(len(batch), batch.bad, world)
             if bad:
                 bad_total += len(bad)
@@ -324,7 +339,8 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
             if main and saving:
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                          "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
-                         "data_positions": positions if data.position is not None else None, "bad_samples": bad_total}
+                         "data_positions": positions if data.position is not None else None, "bad_samples": bad_total,
+                         "batches_drawn": drawn}
                 tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
                 last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file,
                                                 train_config={"train": to_dict(cfg), "world_size": world})
@@ -354,8 +370,14 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
     from cliplab.loss.distributed import single_process_loss
     from cliplab.transforms import image_transform
 
-    val_cfg = dataclasses.replace(cfg.data, train_data=cfg.data.val_data, workers=0)
+    try:  # the validation set's own format, from its path (else the training data's)
+        fmt = infer_format(cfg.data.val_data)
+    except CliplabError:
+        fmt = cfg.data.format
+    val_cfg = dataclasses.replace(cfg.data, train_data=cfg.data.val_data, workers=0, format=fmt)
     preprocess = image_transform(clip_cfg.preprocess, train=False)
+    build_train_data(val_cfg, preprocess, tokenizer, batch_size, seed=0,  # a bad set fails now, not mid-run
+                     image_size=clip_cfg.model.vision.image_size)
 
     @torch.no_grad()
     def hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
