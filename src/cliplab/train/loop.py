@@ -141,22 +141,25 @@ def _resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | No
 
 
 class _Log:
-    """metrics.jsonl (rank 0), cut back to the resume step so a resumed run's log has no duplicates."""
+    """A JSONL log (written by rank 0), cut back to the resume step so a resumed run's log has no duplicates.
+    ``remember``: also keep the rows in ``history`` (the metrics do; the bad-sample list need not)."""
 
-    def __init__(self, path: Path, active: bool, resume_step: int) -> None:
-        self.path, self.active = path, active
+    def __init__(self, path: Path, active: bool, resume_step: int, remember: bool = True) -> None:
+        self.path, self.active, self.remember = path, active, remember
         self.history: list[dict[str, Any]] = []
         if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r.get("step", 0) <= resume_step]
+            kept = [r for r in rows if r.get("step", 0) <= resume_step]
             if active:
-                write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
+                write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.history = kept if remember else []
 
-    def write(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
+    def write(self, *rows: dict[str, Any]) -> None:
+        if self.remember:
+            self.history.extend(rows)
         if self.active:
             with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True,
@@ -242,7 +245,8 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {"train": to_dict(cfg), "world_size": world})
     log = _Log(run_dir / "metrics.jsonl", main, start)
-    bad_log = _Log(run_dir / "bad_samples.jsonl", main, start - 1)  # rows carry the step they were drawn for
+    bad_log = _Log(run_dir / "bad_samples.jsonl", main, start - 1,  # rows carry the step they were drawn for
+                   remember=False)
     loss_fn = _loss_fn(cfg)
     board = _tensorboard(run_dir) if cfg.tensorboard and main else None
     hooks = list(eval_hooks)
@@ -273,8 +277,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                 if cfg.data.on_bad_sample == "error":
                     b = bad[0]
                     raise CliplabError(f"bad sample {b.source}: {b.reason} (--on-bad-sample skip to skip such samples)")
-                for b in bad:
-                    bad_log.write({"step": step, "source": b.source, "reason": b.reason})
+                bad_log.write(*({"step": step, "source": b.source, "reason": b.reason} for b in bad))
             if n_good < 2:  # on some rank a batch with almost nothing usable: nothing to contrast
                 unusable += 1
                 if unusable >= MAX_UNUSABLE_BATCHES:
