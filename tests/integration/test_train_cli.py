@@ -352,3 +352,16 @@ def test_validation_set_has_its_own_format_and_is_checked_first(tmp_path, capsys
                  "--output", str(tmp_path / "r2")]) == 2
     captured = capsys.readouterr()
     assert "none.csv" in captured.err and "training" not in captured.out  # refused before any step
+
+
+def test_more_epochs_on_resume_extend_the_schedule(tmp_path, capsys):
+    data = _csv(tmp_path / "data")  # 24 pairs: 3 steps an epoch at batch 8
+    args = ["train", *COMMON, "--train-data", str(data), "--batch-size", "8", "--output", str(tmp_path / "run")]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert resolve_run_dir(tmp_path / "run").name == "step-00000003"
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume", "latest"]) == 0
+    assert "scheduled for 3 steps; --epochs 2 makes it 6" in capsys.readouterr().out
+    assert resolve_run_dir(tmp_path / "run").name == "step-00000006"
+    assert main([*args, "--epochs", "2", "--resume", "latest"]) == 0  # the same command again: nothing to do
+    assert "nothing to train: the checkpoint is at step 6 of 6" in capsys.readouterr().out

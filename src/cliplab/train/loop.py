@@ -231,10 +231,15 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
                             world_size=world, seed=cfg.seed, start_step=drawn,
                             image_size=clip_cfg.model.vision.image_size, position=data_position)
-    if total is None:
+    by_epochs = cfg.steps is None and cfg.epochs is not None and not cfg.time_budget_minutes
+    if total is None or by_epochs:
         if cfg.epochs is None or data.steps_per_epoch is None:
             raise CliplabError("give --steps (or --epochs for a CSV/folder dataset of known size)")
-        total = cfg.epochs * data.steps_per_epoch
+        planned = cfg.epochs * data.steps_per_epoch
+        if total is not None and planned != total and main and progress:
+            print(f"note: the run was scheduled for {total} steps; --epochs {cfg.epochs} makes it {planned} "
+                  "(the learning-rate schedule stretches to the new length)", flush=True)
+        total = planned
     if cfg.compile:
         model = torch.compile(model)
     if world > 1:
@@ -265,7 +270,8 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     last_save = None
     samples_seen = 0
     if start >= total and main and progress:
-        print(f"nothing to train: the checkpoint is at step {start} of {total} (give --steps to go on)", flush=True)
+        print(f"nothing to train: the checkpoint is at step {start} of {total} "
+              "(give more --steps or --epochs to go on)", flush=True)
     try:  # the bar ends its line before any error message
         unusable = 0  # consecutive batches with fewer than 2 good pairs
         while step < total:
