@@ -365,3 +365,22 @@ def test_more_epochs_on_resume_extend_the_schedule(tmp_path, capsys):
     assert resolve_run_dir(tmp_path / "run").name == "step-00000006"
     assert main([*args, "--epochs", "2", "--resume", "latest"]) == 0  # the same command again: nothing to do
     assert "nothing to train: the checkpoint is at step 6 of 6" in capsys.readouterr().out
+
+
+def test_learned_tokenizer_sets_the_text_vocabulary(tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("".join(f"a photo of a {c} {s}\n" for c in ("red", "green", "blue")
+                                for s in ("circle", "square", "star")))
+    assert main(["tokenizer", "train", "--input", str(captions), "--vocab-size", "290",
+                 "--output", str(tmp_path / "tok.json")]) == 0
+    args = ["train", *COMMON, "--steps", "2", "--tokenizer", str(tmp_path / "tok.json")]
+    assert main([*args, "--output", str(tmp_path / "run")]) == 0
+    model, _, tokenizer = cliplab.load(tmp_path / "run")
+    assert tokenizer.vocab_size == model.cfg.text.vocab_size < 300
+    assert model.cfg.text.eot_token_id == tokenizer.eot_token_id == tokenizer.vocab_size - 1
+    assert model.text.token_embedding.weight.shape[0] == tokenizer.vocab_size
+    ids = tokenizer(["a photo of a red star"])
+    assert int(ids.max()) == tokenizer.eot_token_id  # the pooled position is found in the learned ids
+    capsys.readouterr()
+    assert main([*args, "--init-from", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 2
+    assert "keeps its own" in capsys.readouterr().err

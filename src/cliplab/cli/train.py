@@ -6,7 +6,8 @@ import argparse
 
 # flag -> dotted config key
 FLAGS = {
-    "model": "model", "init_from": "init_from", "train_data": "data.train_data", "val_data": "data.val_data",
+    "model": "model", "init_from": "init_from", "tokenizer": "tokenizer", "train_data": "data.train_data",
+    "val_data": "data.val_data",
     "data_format": "data.format", "batch_size": "batch_size", "accum_steps": "accum_steps", "epochs": "epochs",
     "steps": "steps", "lr": "optim.lr", "warmup": "optim.warmup_steps", "output": "output",
     "save_every": "save_every", "eval_every": "eval_every", "resume": "resume", "precision": "precision",
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or JSON training config")
     p.add_argument("--model", help="architecture name or JSON file (default ViT-Tiny-32px)")
     p.add_argument("--init-from", help="fine-tune from any checkpoint cliplab.load accepts")
+    p.add_argument("--tokenizer", help="a BPE learned with `cliplab tokenizer train` (JSON), for a model trained "
+                   "from scratch: the text tower takes its vocabulary size and end-of-text id")
     p.add_argument("--train-data", help="CSV/TSV, image folder, or shard pattern 'shards/{00000..00099}.tar'")
     p.add_argument("--val-data")
     p.add_argument("--data-format", choices=["synthetic", "csv", "folder", "wds"])
@@ -39,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="run folder")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps")
     p.add_argument("--eval-every", type=int, help="evaluate (validation loss with --val-data) every N steps "
-                   "(default with --val-data: every save, at most 10 times a run)")
+                   "(default with --val-data: every min(save-every, steps / 10) steps)")
     p.add_argument("--resume", help="'latest', a run folder or a checkpoint folder")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--loss", choices=["clip", "siglip"])

@@ -85,6 +85,7 @@ class OptimConfig:
 class TrainConfig:
     model: str = "ViT-Tiny-32px"  # architecture name or JSON path (ignored with init_from)
     init_from: str | None = None  # fine-tune: any checkpoint cliplab.load accepts
+    tokenizer: str | None = None  # a learned BPE (JSON) for a model trained from scratch; default OpenAI's
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 128  # per process
@@ -106,7 +107,7 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 10
     output: str = "runs/run"
-    resume: str | None = None  # "latest" or a checkpoint folder of this run
+    resume: str | None = None  # "latest", a run folder or a checkpoint folder
     device: str = "auto"
     tensorboard: bool = False
     stop_after: int | None = None  # testing aid: stop (as if killed) after this step
@@ -116,6 +117,8 @@ class TrainConfig:
         checks = [
             (self.precision in ("fp32", "bf16", "fp16"), f"precision: {self.precision!r} (fp32, bf16 or fp16)"),
             (self.loss in ("clip", "siglip"), f"loss: {self.loss!r} (clip or siglip)"),
+            (not (self.tokenizer and self.init_from),
+             "tokenizer: a model fine-tuned from a checkpoint keeps its own; --tokenizer is for training from scratch"),
             (d.format in ("synthetic", "csv", "folder", "wds"), f"data.format: {d.format!r}"),
             (d.on_bad_sample in ("skip", "error"), f"data.on_bad_sample: {d.on_bad_sample!r}"),
             (self.batch_size >= 1 and self.accum_steps >= 1, "batch_size and accum_steps must be >= 1"),

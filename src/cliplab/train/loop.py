@@ -84,7 +84,17 @@ def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, CLIPConfig, Path | 
     if cfg.loss == "siglip" and arch.init_logit_bias is None:
         arch = dataclasses.replace(arch, init_logit_scale=SIGLIP_INIT[0], init_logit_bias=SIGLIP_INIT[1])
     name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
-    return create_model(arch), CLIPConfig.for_model(arch, name=name), None
+    if cfg.tokenizer is None:
+        return create_model(arch), CLIPConfig.for_model(arch, name=name), None
+    from cliplab.tokenizer import get_tokenizer
+
+    path = Path(cfg.tokenizer)
+    tok_cfg = TokenizerConfig("bpe", arch.text.context_length, path.name)
+    tok = get_tokenizer(tok_cfg, root=path.parent)
+    arch = dataclasses.replace(arch, text=dataclasses.replace(arch.text, vocab_size=tok.vocab_size,
+                                                              eot_token_id=tok.eot_token_id))
+    base = CLIPConfig.for_model(arch, name=name)
+    return create_model(arch), CLIPConfig(arch, base.preprocess, tok_cfg, name), path.parent
 
 
 def _loss_fn(cfg: TrainConfig) -> Callable:
@@ -162,8 +172,7 @@ class _Log:
                 fh.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True,
-          tokenizer_file: str | None = None) -> RunResult:
+def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True) -> RunResult:
     """Run (or resume) a training run described by ``cfg``; returns the trained model and its history."""
     from tqdm import tqdm
 
@@ -178,11 +187,6 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     main = rank == 0
     torch.manual_seed(cfg.seed)
     model, clip_cfg, root = _build_model(cfg)
-    if tokenizer_file is not None:
-        tok_name = Path(tokenizer_file).name
-        clip_cfg = CLIPConfig(clip_cfg.model, clip_cfg.preprocess,
-                              TokenizerConfig("bpe", clip_cfg.tokenizer.context_length, tok_name), clip_cfg.name)
-        root = Path(tokenizer_file).parent
     if cfg.lock_image:
         unwrap(model).lock("image")
     if cfg.lock_text:
