@@ -66,8 +66,8 @@ def create_model(arch: str | ModelConfig, device: str | torch.device | None = "c
     return _build(cfg).to(resolve_device(device))
 
 
-def _read_any(path: Path, allow_unsafe: bool,
-              arch: ModelConfig | None = None) -> tuple[CLIPConfig, dict[str, torch.Tensor], Path | None]:
+def _read_any(path: Path, allow_unsafe: bool, arch: ModelConfig | None = None,
+              activation: str | None = None) -> tuple[CLIPConfig, dict[str, torch.Tensor], Path | None]:
     """(config, state dict, folder that holds side files such as a learned tokenizer)."""
     from cliplab import checkpoint
 
@@ -78,11 +78,14 @@ def _read_any(path: Path, allow_unsafe: bool,
         if run_ckpt is not None:
             path = run_ckpt
     if checkpoint.is_native(path):
+        if arch is not None or activation is not None:
+            raise CliplabError(f"{path}: a cliplab checkpoint records its architecture and activation; arch= and "
+                               "activation= are for bare OpenAI / open_clip state dicts")
         cfg, sd = checkpoint.load_checkpoint(path)
         return cfg, sd, path if path.is_dir() else path.parent
     from cliplab.convert import load_foreign
 
-    cfg, sd = load_foreign(path, allow_unsafe=allow_unsafe, arch=arch)
+    cfg, sd = load_foreign(path, allow_unsafe=allow_unsafe, activation=activation, arch=arch)
     return cfg, sd, None
 
 
@@ -93,10 +96,13 @@ def load_model(
     allow_unsafe: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     arch: ModelConfig | None = None,
+    activation: str | None = None,
 ) -> tuple[CLIP, CLIPConfig, Path | None]:
     """Load weights from a native checkpoint (file or folder), a training run folder (its latest
     checkpoint), an OpenAI / open_clip / Hugging Face checkpoint, or a known name + pretrained tag.
-    ``arch`` overrides the architecture inferred from an OpenAI / open_clip state dict's shapes.
+    For a bare OpenAI / open_clip state dict, ``arch`` overrides the architecture inferred from its shapes
+    and ``activation`` (``"quick_gelu"``, OpenAI's and the default; ``"gelu"``, open_clip's own models)
+    sets what the file cannot tell.
 
     Returns ``(model in eval mode with float32 parameters, resolved config, folder of side files or None)``;
     half-precision files (OpenAI's releases are fp16) are widened, as OpenAI's ``clip.load`` does on CPU;
@@ -111,7 +117,7 @@ def load_model(
         from cliplab import weights
 
         path = weights.download(name, pretrained, cache_dir=cache_dir)
-    cfg, sd, root = _read_any(path, allow_unsafe, arch)
+    cfg, sd, root = _read_any(path, allow_unsafe, arch, activation)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     with torch.device("meta"):
         model = _build(cfg.model)
@@ -127,16 +133,21 @@ def load(
     pretrained: str | None = None,
     allow_unsafe: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    arch: str | ModelConfig | None = None,
+    activation: str | None = None,
 ) -> tuple[CLIP, Any, Any]:
     """``model, preprocess, tokenizer = cliplab.load(path_or_name)``.
 
     ``preprocess`` maps a PIL image to a normalised tensor (3, S, S) with the weights' own statistics;
-    ``tokenizer`` maps a list of strings to token ids (N, context_length).
+    ``tokenizer`` maps a list of strings to token ids (N, context_length). ``arch`` (a name, JSON path or
+    config) and ``activation`` are for bare OpenAI / open_clip state dicts: see :func:`load_model`.
     """
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
 
-    model, cfg, root = load_model(name_or_path, device, pretrained, allow_unsafe, cache_dir)
+    if isinstance(arch, str | os.PathLike):
+        arch = load_arch(arch)
+    model, cfg, root = load_model(name_or_path, device, pretrained, allow_unsafe, cache_dir, arch, activation)
     return model, Preprocess(cfg.preprocess), get_tokenizer(cfg.tokenizer, root=root)
 
 

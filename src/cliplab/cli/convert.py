@@ -11,19 +11,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output folder (or .safetensors file for the native format)")
     p.add_argument("--format", choices=["native", "hf"], default="native")
     p.add_argument("--arch", help="architecture to use instead of inferring it from tensor shapes")
+    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
+                   help="for a bare state dict, which cannot tell: quick_gelu (OpenAI's weights, the default) or "
+                        "gelu (open_clip's own models, e.g. LAION's)")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow full unpickling / TorchScript (runs code from the file: only for trusted files)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from cliplab.api import load_model
     from cliplab.checkpoint import save_checkpoint, validate_state_dict
     from cliplab.config import CLIPConfig, load_arch
 
     forced = CLIPConfig.for_model(load_arch(args.arch), name=args.arch) if args.arch else None
+    if forced and args.activation:
+        from cliplab.convert.foreign import with_activation
+
+        forced = dataclasses.replace(forced, model=with_activation(forced.model, args.activation))
     model, cfg, root = load_model(args.src, allow_unsafe=args.allow_unsafe_pickle,
-                                  arch=forced.model if forced else None)
+                                  arch=forced.model if forced else None, activation=args.activation)
     if forced:
         validate_state_dict(forced, model.state_dict(), source=args.src)
         cfg = forced

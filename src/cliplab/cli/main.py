@@ -10,10 +10,12 @@ a file where a folder goes, disk full); anything else is a bug and keeps its tra
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
+import warnings
 
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 
 # Subcommand modules, in the order `cliplab --help` lists them.
 SUBCOMMANDS = [
@@ -57,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores the process's warning display on the way out
+            shown = warnings.showwarning
+            warnings.showwarning = functools.partial(_show, shown)
+            return int(args.func(args) or 0)
     except CliplabError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -68,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _show(default, message, category, *args, **kwargs) -> None:
+    """cliplab's own warnings as one ``note:`` line; others as Python shows them."""
+    if issubclass(category, CliplabWarning):
+        print(f"note: {message}", file=sys.stderr)
+    else:
+        default(message, category, *args, **kwargs)
 
 
 def _one_line(err: Exception) -> str:

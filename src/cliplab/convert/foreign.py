@@ -10,18 +10,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from cliplab.config import CLIPConfig, ModelConfig
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 
-__all__ = ["load_foreign", "read_pickle", "read_safetensors"]
+__all__ = ["load_foreign", "read_pickle", "read_safetensors", "with_activation"]
 
 UNSAFE_HINT = ("it needs full unpickling, which can run code from the file; if you trust it, pass "
                "allow_unsafe=True (CLI: --allow-unsafe-pickle) once and keep the converted safetensors")
@@ -71,17 +73,30 @@ def read_pickle(path: Path, allow_unsafe: bool = False) -> dict[str, torch.Tenso
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def with_activation(cfg: ModelConfig, activation: str) -> ModelConfig:
+    """``cfg`` with the activation of each tower that has one (Transformers; ResNets use ReLU) replaced."""
+    def tower(t: Any) -> Any:
+        return dataclasses.replace(t, activation=activation) if hasattr(t, "activation") else t
+
+    return dataclasses.replace(cfg, vision=tower(cfg.vision), text=tower(cfg.text))
+
+
 def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str | None = None,
                  arch: ModelConfig | None = None) -> tuple[CLIPConfig, dict]:
     """Any OpenAI, open_clip or Hugging Face checkpoint → ``(resolved config, cliplab state dict)``, checked
     against each other. ``arch`` replaces the architecture read off the tensor shapes (not for HF folders,
-    whose config.json says it)."""
+    whose config.json says it). ``activation`` (``quick_gelu`` or ``gelu``) is what a bare state dict cannot
+    tell: OpenAI's weights use quick_gelu (the default, with a warning unless a TorchScript archive says
+    the file is OpenAI's), open_clip's own models gelu."""
     from cliplab.checkpoint import validate_state_dict
     from cliplab.convert.hf import is_hf_dir, read_hf_dir
     from cliplab.convert.openai import from_openai, infer_config
 
     path = Path(path)
     if is_hf_dir(path):
+        if arch is not None or activation is not None:
+            raise CliplabError(f"{path}: a HF CLIPModel folder records its architecture and activation; arch= and "
+                               "activation= are for bare OpenAI / open_clip state dicts")
         cfg, sd = read_hf_dir(path)
     else:
         if path.is_dir() and (path / "config.json").exists():
@@ -95,10 +110,17 @@ def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str |
         if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
             raise CliplabError(f"{path}: HF weights without their config.json; load the whole CLIPModel folder")
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        if arch is None and activation is None and not _is_torchscript(path):
+            warnings.warn(f"{path}: a bare state dict does not record its activation; assuming OpenAI's "
+                          "quick_gelu. open_clip's own models (LAION's and most others) use gelu: pass "
+                          "activation='gelu' (CLI: cliplab convert SRC DST --activation gelu)", CliplabWarning,
+                          stacklevel=2)
         try:
             model_cfg = arch or infer_config(sd, activation=activation or "quick_gelu")
         except CliplabError as err:
             raise CliplabError(f"{path}: {err}") from None
+        if arch is not None and activation is not None:
+            model_cfg = with_activation(model_cfg, activation)
         cfg, sd = CLIPConfig.for_model(model_cfg), from_openai(sd)
     validate_state_dict(cfg, sd, source=str(path))
     return cfg, sd

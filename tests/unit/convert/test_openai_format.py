@@ -56,6 +56,41 @@ def test_openai_pickles_load_with_identical_outputs(tmp_path, wrap):
         assert torch.equal(ours.encode_text(ids), model.encode_text(ids))
 
 
+def test_activation_of_a_bare_state_dict(tmp_path, capsys):
+    """A bare state dict cannot tell QuickGELU (OpenAI) from GELU (open_clip's own models): the default
+    is OpenAI's, said out loud, and ``activation=`` / ``--activation`` loads a GELU model exactly."""
+
+    from cliplab.api import load
+    from cliplab.cli.main import main
+    from cliplab.convert.foreign import with_activation
+    from cliplab.errors import CliplabWarning
+
+    cfg, _ = _small_openai_shaped(tmp_path)
+    gelu_cfg = with_activation(cfg, "gelu")
+    assert gelu_cfg.vision.activation == gelu_cfg.text.activation == "gelu"
+    torch.manual_seed(0)
+    model = create_model(gelu_cfg).eval()
+    torch.save(to_openai(model.state_dict()), tmp_path / "open_clip.pt")
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.warns(CliplabWarning, match="does not record its activation"):
+        assumed, _, _ = load(tmp_path / "open_clip.pt")
+    ours, _, _ = load(tmp_path / "open_clip.pt", activation="gelu")
+    with torch.no_grad():
+        assert not torch.allclose(assumed.encode_image(images), model.encode_image(images))
+        assert torch.equal(ours.encode_image(images), model.encode_image(images))
+    with pytest.raises(CliplabError, match="unknown activation 'relu6'"):
+        load(tmp_path / "open_clip.pt", activation="relu6")
+    assert main(["convert", str(tmp_path / "open_clip.pt"), str(tmp_path / "native")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: ") and err.count("\n") == 1 and "--activation gelu" in err
+    assert main(["convert", str(tmp_path / "open_clip.pt"), str(tmp_path / "native2"), "--activation", "gelu"]) == 0
+    assert capsys.readouterr().err == ""
+    converted, _, _ = load(tmp_path / "native2")
+    assert converted.cfg == gelu_cfg
+    with pytest.raises(CliplabError, match="records its architecture and activation"):
+        load(tmp_path / "native2", activation="gelu")
+
+
 class _Holder(torch.nn.Module):
     """Tensors under OpenAI's dotted names, as nested modules (what a released TorchScript archive holds)."""
 
