@@ -1,6 +1,7 @@
 """WebDataset tar shards: reading for training (via the ``webdataset`` library) and writing from a CSV or folder.
 
-A sample is the group of tar members that share a key: an image (``.jpg/.jpeg/.png/.webp``) and a caption
+A sample is the group of tar members that share a key: an image (``.jpg``, ``.png``, ``.webp`` or another
+extension a folder of images may hold) and a caption
 (``.txt``, or ``.json`` with a ``caption``/``text``/``title`` field). Shards are shuffled per epoch,
 samples go through a shuffle buffer, and shards are split across ranks and then DataLoader workers so no
 sample is read twice per epoch; ``resampled=True`` draws shards with replacement forever (for step-based
@@ -23,13 +24,14 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from cliplab.data.batch import BadSample
+from cliplab.data.folder import IMAGE_EXTENSIONS
 from cliplab.data.samples import Tokenizer, Transform, make_pair
 from cliplab.errors import CliplabError
 from cliplab.fileio import atomic_path
 
 __all__ = ["ShardDataset", "expand_urls", "write_shards"]
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # what a folder of images may hold
 TEXT_FIELDS = ("caption", "text", "title")
 
 
@@ -128,7 +130,7 @@ class ShardDataset(IterableDataset):
         source = f"{raw.get('__url__', 'shard')}/{raw.get('__key__', '?')}"
         image = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
         if image is None:
-            return BadSample(source, "no image member (.jpg/.jpeg/.png/.webp)")
+            return BadSample(source, f"no image member ({'/'.join(IMAGE_EXTENSIONS)})")
         if "txt" in raw:
             caption = raw["txt"]
         elif "json" in raw:

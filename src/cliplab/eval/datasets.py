@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cliplab.data.folder import IMAGE_EXTENSIONS
 from cliplab.errors import CliplabError
 
 __all__ = ["ClassFolderDataset", "LabelCsvDataset", "make_loader"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 Transform = Callable[[Any], torch.Tensor]
 ClassNames = Sequence[str] | Mapping[str, str] | None
 

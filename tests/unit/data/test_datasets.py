@@ -115,6 +115,20 @@ def test_shards_round_trip(collection, tmp_path, transform, tokenizer, capsys):
     assert "unreadable image" in bad[0].reason
 
 
+def test_shards_keep_every_image_format_a_folder_holds(tmp_path, transform, tokenizer):
+    from cliplab.data.folder import IMAGE_EXTENSIONS
+
+    files = []
+    for i, ext in enumerate(IMAGE_EXTENSIONS):
+        path = tmp_path / "img" / f"{i}{ext}"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (20, 20), (i * 30, 90, 0)).save(path)
+        files.append(path)
+    write_shards([(p, f"caption {p.suffix}") for p in files], tmp_path / "s", per_shard=100)
+    items = list(ShardDataset(str(tmp_path / "s" / "00000.tar"), transform, tokenizer, shuffle_buffer=1))
+    assert len(items) == len(IMAGE_EXTENSIONS) and not any(isinstance(it, BadSample) for it in items)
+
+
 def test_shards_split_across_ranks_without_duplicates(tmp_path, transform, tokenizer):
     imgs = [_image(tmp_path / "img" / f"{i}.png", colour=(i * 20, 0, 0)) for i in range(8)]
     write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=2)
