@@ -142,13 +142,20 @@ def load(
     ``tokenizer`` maps a list of strings to token ids (N, context_length). ``arch`` (a name, JSON path or
     config) and ``activation`` are for bare OpenAI / open_clip state dicts: see :func:`load_model`.
     """
+    if isinstance(arch, str | os.PathLike):
+        arch = load_arch(arch)
+    model, _, _ = load_model(name_or_path, device, pretrained, allow_unsafe, cache_dir, arch, activation)
+    return (model, *model_io(model))
+
+
+def model_io(model: CLIP) -> tuple[Any, Any]:
+    """``(preprocess, tokenizer)`` of the checkpoint ``model`` was loaded from; for a model made with
+    :func:`create_model`, OpenAI's statistics at its input size and OpenAI's tokenizer."""
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
 
-    if isinstance(arch, str | os.PathLike):
-        arch = load_arch(arch)
-    model, cfg, root = load_model(name_or_path, device, pretrained, allow_unsafe, cache_dir, arch, activation)
-    return model, Preprocess(cfg.preprocess), get_tokenizer(cfg.tokenizer, root=root)
+    cfg, root = getattr(model, "loaded_from", (CLIPConfig.for_model(model.cfg), None))
+    return Preprocess(cfg.preprocess), get_tokenizer(cfg.tokenizer, root=root)
 
 
 @torch.no_grad()
@@ -169,8 +176,6 @@ def classify(
     made with ``create_model``: OpenAI's statistics and tokenizer).
     """
     from cliplab.eval.zeroshot import zero_shot_classifier
-    from cliplab.tokenizer import get_tokenizer
-    from cliplab.transforms import Preprocess
 
     if isinstance(labels, str):
         raise CliplabError(f"classify: labels must be a list of strings, not the string {labels!r}")
@@ -178,9 +183,8 @@ def classify(
         raise CliplabError("classify: no candidate labels given")
     if top_k is not None and top_k < 1:
         raise CliplabError(f"classify: top_k must be at least 1, got {top_k}")
-    cfg, root = getattr(model, "loaded_from", (CLIPConfig.for_model(model.cfg), None))
-    preprocess = preprocess or Preprocess(cfg.preprocess)
-    tokenizer = tokenizer or get_tokenizer(cfg.tokenizer, root=root)
+    own_preprocess, own_tokenizer = model_io(model)
+    preprocess, tokenizer = preprocess or own_preprocess, tokenizer or own_tokenizer
     if not images:
         return []
     if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):

@@ -52,9 +52,13 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def embed_texts(texts: Sequence[str], model: Any, tokenizer: Any, batch_size: int = 256,
+def embed_texts(texts: Sequence[str], model: Any, tokenizer: Any = None, batch_size: int = 256,
                 precision: str = "fp32", normalize: bool = True) -> np.ndarray:
-    """(N, D) float32 text embeddings (L2-normalised by default)."""
+    """(N, D) float32 text embeddings (L2-normalised by default); ``tokenizer`` defaults to the model's own."""
+    if tokenizer is None:
+        from cliplab.api import model_io
+
+        tokenizer = model_io(model)[1]
     device = _device(model)
     out = torch.empty(len(texts), model.cfg.embed_dim)  # (N, D)
     window = 64 * batch_size  # texts tokenised at a time, then embedded in batches of like lengths
@@ -71,15 +75,16 @@ def embed_images(images: Sequence[Any], model: Any, preprocess: Any = None, batc
                  precision: str = "fp32", normalize: bool = True) -> np.ndarray:
     """(N, D) float32 image embeddings for PIL images, file paths or preprocessed tensors (3, S, S).
 
-    Unreadable files raise :class:`cliplab.transforms.ImageError` naming the file; use
-    :func:`embed_collection` to skip and count them instead.
+    ``preprocess`` defaults to that of the checkpoint the model was loaded from. Unreadable files raise
+    :class:`cliplab.transforms.ImageError` naming the file; use :func:`embed_collection` to skip and count
+    them instead.
     """
-    from cliplab.transforms import Preprocess, load_image
+    from cliplab.transforms import load_image
 
     if preprocess is None:
-        from cliplab.config import PreprocessConfig
+        from cliplab.api import model_io
 
-        preprocess = Preprocess(PreprocessConfig(image_size=model.cfg.vision.image_size))
+        preprocess = model_io(model)[0]
     device = _device(model)
     out = []
     for i in range(0, len(images), batch_size):
