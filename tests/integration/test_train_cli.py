@@ -384,3 +384,14 @@ def test_learned_tokenizer_sets_the_text_vocabulary(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--init-from", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 2
     assert "keeps its own" in capsys.readouterr().err
+
+
+def test_run_finishes_without_matplotlib(tmp_path, monkeypatch, capsys):
+    import sys
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the [train] extra were not installed
+    assert main(["train", *COMMON, "--steps", "2", "--output", str(tmp_path / "run")]) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "curves.png").exists()
+    assert resolve_run_dir(tmp_path / "run").name == "step-00000002"

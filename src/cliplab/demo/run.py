@@ -17,13 +17,14 @@ import torch
 
 from cliplab.checkpoint import save_checkpoint
 from cliplab.data.synthetic import EVAL_TEMPLATES, SyntheticWorld, WorldConfig, labelled_set, retrieval_set
-from cliplab.demo.figures import plot_curves, plot_predictions, plot_similarity
+from cliplab.demo.figures import plot_predictions, plot_similarity
 from cliplab.demo.measure import evaluate_world, zero_shot_split
 from cliplab.errors import CliplabError
 from cliplab.eval.zeroshot import zero_shot_classifier
 from cliplab.fileio import write_json, write_text
 from cliplab.tokenizer import get_tokenizer
 from cliplab.train.config import DataConfig, OptimConfig, TrainConfig
+from cliplab.train.curves import plot_curves
 from cliplab.train.loop import train
 from cliplab.transforms import Preprocess
 

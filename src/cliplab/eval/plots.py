@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from cliplab.fileio import atomic_path
+from cliplab.plotting import new_figure, save_figure
 
 __all__ = ["plot_confusion"]
 
@@ -16,16 +15,11 @@ MAX_TICK_LABELS = 40  # above this many classes the axes are left unlabelled
 
 def plot_confusion(result: Any, classnames: Sequence[str] | None, path: str | os.PathLike[str]) -> None:
     """Row-normalised confusion matrix (each row = one true class, sums to 1) of a ``ZeroShotResult``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     confusion = result.confusion.double()  # (C, C)
     rows = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)  # (C, C)
     n = rows.shape[0]
     side = min(4 + 0.25 * n, 20) if n <= MAX_TICK_LABELS else 10
-    fig = Figure(figsize=(side + 1.5, side), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure((side + 1.5, side), 1, 1, dpi=100)
     image = ax.imshow(rows.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= MAX_TICK_LABELS:
@@ -36,6 +30,4 @@ def plot_confusion(result: Any, classnames: Sequence[str] | None, path: str | os
     ax.set_ylabel("true class")
     ax.set_title(f"top-1 {100 * result.top1:.1f} %, mean per-class recall {100 * result.mean_per_class_recall:.1f} %")
     fig.tight_layout()
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt)
+    save_figure(fig, path)

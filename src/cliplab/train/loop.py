@@ -414,13 +414,18 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
 
 def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, seconds: float,
             progress: bool) -> None:
-    from cliplab.demo.figures import plot_curves
-
-    if history:
-        plot_curves(history, run_dir / "curves.png")
     summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad,
                "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), math.nan)}
     write_json(run_dir / "summary.json", summary)
+    if history:
+        from cliplab.train.curves import plot_curves
+
+        try:
+            plot_curves(history, run_dir / "curves.png")
+        except ModuleNotFoundError as err:  # matplotlib comes with the [train] extra
+            if not (err.name or "").startswith("matplotlib"):
+                raise
+            print("note: matplotlib is not installed, so no curves.png (pip install 'cliplab[train]')", flush=True)
     if progress:
         note = f"; skipped {bad} bad sample(s), listed in {run_dir / 'bad_samples.jsonl'}" if bad else ""
         print(f"done: {steps} steps in {seconds:.0f} s, final loss {summary['final_loss']}{note}", flush=True)
