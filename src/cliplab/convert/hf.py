@@ -45,6 +45,8 @@ _RULES = [
 _QKV = re.compile(r"^(.*)\.self_attn\.(q|k|v)_proj\.(weight|bias)$")
 
 
+_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}  # interpolation -> PIL's code, as HF stores it
+
 def _act(value: str, where: str) -> str:
     if value not in ("quick_gelu", "gelu"):
         raise CliplabError(f"{where}: activation {value!r} is not supported (quick_gelu or gelu)")
@@ -77,9 +79,16 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
                         init_logit_scale=cfg.get("logit_scale_init_value", 2.6592))
     pre = PreprocessConfig(image_size=vision.image_size)
     if preprocessor:
+        resample = preprocessor.get("resample", 3)
+        if resample not in _RESAMPLE.values():
+            raise CliplabError(f"preprocessor_config.json: resample {resample!r} is not one cliplab implements "
+                               f"({', '.join(f'{v} = {k}' for k, v in _RESAMPLE.items())})")
+        squash = "shortest_edge" not in preprocessor.get("size", {}) and not preprocessor.get("do_center_crop", True)
         pre = PreprocessConfig(image_size=vision.image_size,
                                mean=tuple(preprocessor.get("image_mean", pre.mean)),
-                               std=tuple(preprocessor.get("image_std", pre.std)))
+                               std=tuple(preprocessor.get("image_std", pre.std)),
+                               interpolation=next(k for k, v in _RESAMPLE.items() if v == resample),
+                               resize_mode="squash" if squash else "shortest")
     return CLIPConfig(model, pre, TokenizerConfig(context_length=text.context_length), name=cfg.get("_name_or_path"))
 
 
@@ -162,21 +171,27 @@ def _hf_config(cfg: CLIPConfig) -> dict[str, Any]:
 
 
 def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLike[str]) -> Path:
-    """Write a folder ``transformers.CLIPModel.from_pretrained`` loads with no missing or unexpected keys."""
+    """Write a folder ``transformers.CLIPModel.from_pretrained`` loads with no missing or unexpected keys,
+    and ``CLIPImageProcessor.from_pretrained`` with the weights' own preprocessing."""
     from safetensors.torch import save_file
 
+    if getattr(model, "logit_bias", None) is not None:
+        raise CliplabError("a model with a logit bias (SigLIP-trained) has no HF CLIPModel equivalent: CLIPModel "
+                           "would drop the bias; keep the native format or export to ONNX")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg = _hf_config(cfg)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf(model.state_dict()).items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})
-    s = cfg.preprocess.image_size
+    p = cfg.preprocess
+    s, squash = p.image_size, p.resize_mode == "squash"
     write_json(out / "preprocessor_config.json", {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": s},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": s, "width": s}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(cfg.preprocess.mean),
-        "image_std": list(cfg.preprocess.std), "do_convert_rgb": True})
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
+        "size": {"height": s, "width": s} if squash else {"shortest_edge": s}, "resample": _RESAMPLE[p.interpolation],
+        "do_center_crop": not squash, "crop_size": {"height": s, "width": s}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(p.mean), "image_std": list(p.std),
+        "do_convert_rgb": True})
     write_json(out / "config.json", hf_cfg)
     return out
 

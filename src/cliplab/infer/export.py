@@ -76,7 +76,9 @@ def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], r
         raise CliplabError(f"ONNX export failed: {str(err).splitlines()[0]}") from err
     meta = to_dict(cfg)
     meta["logit_scale"] = float(model.scale())
+    meta["logit_bias"] = None if model.logit_bias is None else float(model.logit_bias)
     if cfg.tokenizer.vocab and root is not None:
-        shutil.copyfile(root / cfg.tokenizer.vocab, out / cfg.tokenizer.vocab)
+        with atomic_path(out / cfg.tokenizer.vocab) as tmp:
+            shutil.copyfile(root / cfg.tokenizer.vocab, tmp)
     write_json(out / "config.json", meta)
     return out

@@ -1,12 +1,20 @@
 """Parity with transformers.CLIPModel on shared random weights, and exact round trips."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cliplab.api import load_model
 from cliplab.cli.main import main
+from cliplab.config import CLIPConfig, PreprocessConfig, load_arch
 from cliplab.convert.foreign import load_foreign
 from cliplab.convert.hf import export_hf
+from cliplab.errors import CliplabError
+from cliplab.model.build import create_model
+from cliplab.transforms import Preprocess
 
 transformers = pytest.importorskip("transformers")
 
@@ -84,3 +92,26 @@ def test_convert_cli(hf_dir, tmp_path):
     cfg, sd = load_foreign(path)
     ours, cfg2, _ = load_model(tmp_path / "native")
     assert cfg2.model == cfg.model and all(torch.equal(ours.state_dict()[k], v) for k, v in sd.items())
+
+
+
+@pytest.mark.parametrize("interpolation,mode", [("bilinear", "squash"), ("bicubic", "squash"), ("nearest", "shortest")])
+def test_export_keeps_the_preprocessing(tmp_path, interpolation, mode):
+    arch = load_arch("ViT-Tiny-32px")
+    pre = PreprocessConfig(image_size=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation=interpolation,
+                           resize_mode=mode)
+    export_hf(create_model(arch), dataclasses.replace(CLIPConfig.for_model(arch), preprocess=pre), tmp_path / "hf")
+    back, _ = load_foreign(tmp_path / "hf")
+    assert back.preprocess == pre
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    theirs = transformers.CLIPImageProcessor.from_pretrained(tmp_path / "hf")(image, return_tensors="pt")
+    ours = Preprocess(pre)(image)  # (3, 32, 32)
+    assert theirs["pixel_values"].shape == (1, *ours.shape)
+    assert (theirs["pixel_values"][0] - ours).abs().max() < 1e-5
+
+
+def test_export_refuses_a_logit_bias(tmp_path):
+    arch = dataclasses.replace(load_arch("ViT-Tiny-32px"), init_logit_bias=-10.0)  # SigLIP-trained
+    with pytest.raises(CliplabError, match="logit bias"):
+        export_hf(create_model(arch), CLIPConfig.for_model(arch), tmp_path / "hf")
+    assert not (tmp_path / "hf" / "model.safetensors").exists()

@@ -38,3 +38,4 @@ def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path, arch):
     meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert meta["preprocess"]["image_size"] == s
     assert meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
+    assert meta["logit_bias"] is None  # a CLIP-trained model; a SigLIP one stores its bias here
