@@ -1,4 +1,6 @@
-"""Known pretrained weights: where they live, their checksum, and the preprocessing they expect.
+"""Known pretrained weights: where they live and their checksum. Every tag here is OpenAI's, whose
+preprocessing (OpenAI's statistics, bicubic, shortest side + centre crop) is ``CLIPConfig.for_model``'s
+default; the converted checkpoint records it, as every cliplab checkpoint does.
 
 Downloads stream to a temporary file and are checked against the published SHA-256. OpenAI publishes
 TorchScript archives, which only full unpickling reads; a file whose SHA-256 matches OpenAI's is trusted

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="'latest', a run folder or a checkpoint folder")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--loss", choices=["clip", "siglip"])
-    p.add_argument("--loss-chunk-size", type=int, help="tiled O(N)-memory CLIP loss with this tile size")
+    p.add_argument("--loss-chunk-size", type=int, help="tiled O(N)-memory loss (CLIP or SigLIP) with this tile size")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader workers")
     p.add_argument("--device", help="auto, cpu, cuda")
