@@ -146,16 +146,20 @@ def _packed(block: Block, rows: int) -> dict[str, tuple[torch.Tensor, torch.Tens
 class _OptimizerSteps:
     """Counts steps of every torch optimizer in this process. Fused optimizers (``AdamW(fused=True)``, which
     ``cliplab train`` uses) update weights without bumping their version counters, so the count is what tells
-    a packed-weight cache that its weights may have moved."""
+    a packed-weight cache that its weights may have moved. The hook is registered when the first cache is
+    made (before that there is nothing to invalidate), not when cliplab is imported."""
 
     count = 0
+    _handle = None
 
     @classmethod
     def hook(cls, optimizer, args, kwargs) -> None:
         cls.count += 1
 
-
-register_optimizer_step_post_hook(_OptimizerSteps.hook)
+    @classmethod
+    def watch(cls) -> None:
+        if cls._handle is None:
+            cls._handle = register_optimizer_step_post_hook(cls.hook)
 
 
 def _sample(p: torch.Tensor) -> torch.Tensor:
@@ -166,6 +170,7 @@ def _sample(p: torch.Tensor) -> torch.Tensor:
 
 
 def _stamp(params: list[torch.Tensor]) -> tuple:
+    _OptimizerSteps.watch()
     return _OptimizerSteps.count, [(weakref.ref(p), p.data_ptr(), p._version, _sample(p)) for p in params]
 
 

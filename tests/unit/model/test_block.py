@@ -215,3 +215,20 @@ def test_stack_inference_reuses_buffers_and_equals_naive(causal):
     assert torch.equal(x, x0)
     assert not torch.equal(y, y_again)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)  # not overwritten by the second call
+
+
+def test_optimizer_hook_is_registered_with_the_first_cache_not_at_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, cliplab.api\n"
+        "from cliplab.model import cpu_inference as ci\n"
+        "assert ci._OptimizerSteps._handle is None, 'registered at import'\n"
+        "w = torch.nn.Parameter(torch.ones(3))\n"
+        "stamp = ci._stamp([w])\n"
+        "opt = torch.optim.SGD([w], lr=0.1)\n"
+        "w.sum().backward(); opt.step()\n"
+        "assert ci._OptimizerSteps.count == 1 and not ci._unchanged(stamp, [w])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
