@@ -11,6 +11,7 @@ import torch
 
 from cliplab.config import CLIPConfig, ModelConfig, arch_names, load_arch
 from cliplab.errors import CliplabError
+from cliplab.model.build import count_parameters
 from cliplab.model.build import create_model as _build
 from cliplab.model.clip import CLIP
 
@@ -40,7 +41,7 @@ def list_models() -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": name,
-                "params": sum(p.numel() for p in model.parameters()),
+                "params": count_parameters(model),
                 "vision": cfg.vision.type,
                 "text": cfg.text.type,
                 "image_size": cfg.vision.image_size,
@@ -53,10 +54,8 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def _pretrained_tags(name: str) -> list[str]:
-    try:
-        from cliplab import weights
-    except ImportError:  # the weights table is optional
-        return []
+    from cliplab import weights
+
     return weights.pretrained_tags(name)
 
 

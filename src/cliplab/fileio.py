@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "write_bytes", "write_json", "write_text"]
+__all__ = ["atomic_path", "atomic_write", "write_json", "write_text"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,11 +60,6 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
     """Open a temporary file for writing; it replaces ``path`` only if the block finishes."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
-
-
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_write(path, "wb") as fh:
-        fh.write(data)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

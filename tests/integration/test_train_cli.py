@@ -283,6 +283,7 @@ def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):
     (["optim.min_lr_ratio=2"], "optim.min_lr_ratio must be in [0, 1]"),
     (["--lr", "inf"], "optim.lr must be finite"),
     (["--device", "meta"], "training runs on cpu or cuda"),
+    (["--precision", "fp16", "--device", "cpu"], "precision fp16 needs CUDA"),
 ])
 def test_bad_settings_are_one_line(tmp_path, capsys, flags, message):
     args = [*COMMON, "--steps", "1", "--output", str(tmp_path / "r")]

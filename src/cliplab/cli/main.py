@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"cliplab.cli.{name.replace('-', '_')}")
-        except ModuleNotFoundError as err:
-            if err.name == f"cliplab.cli.{name.replace('-', '_')}":
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"cliplab.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -9,7 +9,6 @@ into rank-named parts of the same store.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
@@ -29,22 +28,12 @@ from torch.utils.data import DataLoader, Dataset
 from cliplab.data.batch import BadSample
 from cliplab.errors import CliplabError
 from cliplab.model.text_transformer import batches_by_length
+from cliplab.precision import autocast
 
-__all__ = ["EmbedReport", "autocast", "embed_collection", "embed_images", "embed_texts", "list_items",
+__all__ = ["EmbedReport", "embed_collection", "embed_images", "embed_texts", "list_items",
            "read_item_image"]
 
 _IN_TAR = ".tar#"  # SHARD.tar#MEMBER names an image inside a shard
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``fp32`` → no autocast; ``bf16`` on CPU/CUDA; ``fp16`` on CUDA only (it is ~400× slower on CPU)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise CliplabError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
-    if precision not in ("bf16", "fp16"):
-        raise CliplabError(f"unknown precision {precision!r} (fp32, bf16 or fp16)")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

@@ -33,15 +33,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_features(image_emb: torch.Tensor, text_emb: torch.Tensor, local_loss: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_features(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' embeddings in rank order, differentiable: (W·n, D) each; the inputs when not distributed.
 
     Both the local and the global loss need every rank's images and texts (a rank's texts are scored against
-    all images), so ``local_loss`` does not change what is gathered; it is accepted for symmetry with
-    :func:`distributed_clip_loss`.
+    all images), so the two gather the same.
     """
-    del local_loss
     if not is_distributed():
         return image_emb, text_emb
     from torch.distributed.nn.functional import all_gather
@@ -100,7 +97,7 @@ def distributed_clip_loss(
         raise ValueError("the SigLIP loss needs a logit bias (build the model with init_logit_bias)")
     if not is_distributed():
         return _single(image_emb, text_emb, logit_scale, logit_bias, chunk_size, loss)
-    all_img, all_txt = gather_features(image_emb, text_emb, local_loss)
+    all_img, all_txt = gather_features(image_emb, text_emb)
     if not local_loss:
         return _single(all_img, all_txt, logit_scale, logit_bias, chunk_size, loss)
     offset = dist.get_rank() * image_emb.shape[0]

@@ -66,7 +66,9 @@ def inference_path(block: Block, x: torch.Tensor) -> InferenceForward | None:
 
 
 def _onednn_bf16() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    from cliplab.precision import cpu_has_bf16
+
+    return cpu_has_bf16()
 
 
 def _folded(block: Block, x: torch.Tensor, causal: bool, workspace: dict | None = None) -> torch.Tensor:

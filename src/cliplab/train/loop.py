@@ -21,6 +21,7 @@ import torch.distributed as dist
 from cliplab.config import CLIPConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
+from cliplab.precision import autocast
 from cliplab.train.config import TrainConfig, infer_format, to_dict
 from cliplab.train.optim import build_optimizer, lr_at
 from cliplab.train.state import load_trainer_state, resolve_run_dir, rng_state, save_run_checkpoint, set_rng_state
@@ -181,8 +182,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     from cliplab.transforms import image_transform
 
     rank, world, device = _setup_distributed(cfg.device)
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise CliplabError("precision fp16 needs CUDA (on CPU it is ~400x slower); use bf16 or fp32")
+    autocast(device, cfg.precision)  # refuses fp16 without CUDA before any work
     run_dir = Path(cfg.output)
     main = rank == 0
     torch.manual_seed(cfg.seed)

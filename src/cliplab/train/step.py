@@ -7,16 +7,14 @@ micro-batches keeps every negative (``accum.py``: gradient caching).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from cliplab.errors import CliplabError
+from cliplab.precision import autocast
+from cliplab.train.accum import LossFn
 
-__all__ = ["LossFn", "autocast", "train_step", "unwrap"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+__all__ = ["train_step", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -24,14 +22,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise CliplabError("precision fp16 needs CUDA (on CPU it is ~400x slower); use bf16 or fp32")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, optimizer: torch.optim.Optimizer,

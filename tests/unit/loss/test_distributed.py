@@ -55,7 +55,7 @@ def _worker(rank, port, out_dir):
     torch.set_num_threads(1)
     results = {cfg: _run(rank, *cfg) for cfg in CONFIGS}
     img = torch.full((N_PER_RANK, 3), float(rank))
-    all_img, all_txt = gather_features(img, img + 10, local_loss=True)
+    all_img, all_txt = gather_features(img, img + 10)
     results["gathered"] = {"img": all_img, "txt": all_txt}
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     dist.barrier()
