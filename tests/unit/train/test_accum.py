@@ -132,11 +132,11 @@ def test_rejects_empty():
 
 
 def test_real_model_equals_full_batch():
-    build = pytest.importorskip("cliplab.model.build")
     from cliplab.config import load_arch
+    from cliplab.model.build import create_model
 
     torch.manual_seed(0)
-    model = build.create_model(load_arch("ViT-Tiny-32px"))
+    model = create_model(load_arch("ViT-Tiny-32px"))
     g = torch.Generator().manual_seed(0)
     images = torch.randn(6, 3, 32, 32, generator=g)
     texts = torch.zeros(6, 32, dtype=torch.long)
