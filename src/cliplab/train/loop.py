@@ -173,6 +173,51 @@ class _Log:
                 fh.writelines(json.dumps(row) + "\n" for row in rows)
 
 
+@dataclass
+class _Position:
+    """Where a run stands: its step, planned total, batches drawn from the stream (skipped ones included),
+    bad samples so far, and this rank's position in a sharded stream."""
+
+    step: int = 0
+    total: int | None = None
+    drawn: int = 0
+    bad_samples: int = 0
+    data_position: dict[str, int] | None = None
+
+
+def _restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, rank: int, world: int,
+             notes: bool) -> _Position:
+    """Load model, optimizer, scaler and RNG states from ``resume_from``; the position to go on from."""
+    from cliplab.checkpoint import load_checkpoint, validate_state_dict
+
+    saved_cfg, sd = load_checkpoint(resume_from)
+    if saved_cfg.model != clip_cfg.model:
+        raise CliplabError(f"--resume {resume_from}: its architecture differs from this run's model "
+                           f"({clip_cfg.name or 'given'}); resume with the settings of the run that wrote it")
+    validate_state_dict(clip_cfg, sd, source=f"--resume {resume_from} (for model {clip_cfg.name or 'given'})")
+    unwrap(model).load_state_dict(sd)
+    state = load_trainer_state(resume_from)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError:
+        raise CliplabError(f"--resume {resume_from}: its optimizer state is for other trainable parameters "
+                           "(--lock-image / --lock-text must be as in the run being resumed)") from None
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    step, total = int(state["step"]), int(state["total_steps"])
+    if cfg.steps is not None and cfg.steps != total and not cfg.time_budget_minutes:
+        if notes:
+            print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
+                  "(the learning-rate schedule stretches to the new length)", flush=True)
+        total = cfg.steps
+    set_rng_state(state["rng"])
+    positions = state.get("data_positions") or []
+    return _Position(step, total, drawn=int(state.get("batches_drawn", step)),
+                     bad_samples=int(state.get("bad_samples", 0)),
+                     data_position=positions[rank] if len(positions) == world else None)
+
+
 def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True) -> RunResult:
     """Run (or resume) a training run described by ``cfg``; returns the trained model and its history."""
     from tqdm import tqdm
@@ -197,44 +242,15 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
-    start, total = 0, cfg.steps
-    drawn = 0  # batches taken from the stream, including skipped unusable ones: where a resumed run goes on
-    data_position: dict[str, int] | None = None
-    bad_total = 0
     resume_from = _resume_checkpoint(cfg, run_dir, main)
-    if resume_from is not None:
-        from cliplab.checkpoint import load_checkpoint, validate_state_dict
-
-        saved_cfg, sd = load_checkpoint(resume_from)
-        if saved_cfg.model != clip_cfg.model:
-            raise CliplabError(f"--resume {resume_from}: its architecture differs from this run's model "
-                               f"({clip_cfg.name or 'given'}); resume with the settings of the run that wrote it")
-        validate_state_dict(clip_cfg, sd, source=f"--resume {resume_from} (for model {clip_cfg.name or 'given'})")
-        unwrap(model).load_state_dict(sd)
-        state = load_trainer_state(resume_from)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError:
-            raise CliplabError(f"--resume {resume_from}: its optimizer state is for other trainable parameters "
-                               "(--lock-image / --lock-text must be as in the run being resumed)") from None
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, total = int(state["step"]), int(state["total_steps"])
-        drawn = int(state.get("batches_drawn", start))
-        if cfg.steps is not None and cfg.steps != total and not cfg.time_budget_minutes:
-            if main and progress:
-                print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
-                      "(the learning-rate schedule stretches to the new length)", flush=True)
-            total = cfg.steps
-        bad_total = int(state.get("bad_samples", 0))
-        set_rng_state(state["rng"])
-        positions = state.get("data_positions") or []
-        data_position = positions[rank] if len(positions) == world else None
+    at = _Position(total=cfg.steps) if resume_from is None else _restore(
+        resume_from, cfg, clip_cfg, model, optimizer, scaler, rank, world, notes=main and progress)
+    start, total, drawn, bad_total = at.step, at.total, at.drawn, at.bad_samples
     tokenizer = get_tokenizer(clip_cfg.tokenizer, root=root)
     transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
                             world_size=world, seed=cfg.seed, start_step=drawn,
-                            image_size=clip_cfg.model.vision.image_size, position=data_position)
+                            image_size=clip_cfg.model.vision.image_size, position=at.data_position)
     by_epochs = cfg.steps is None and cfg.epochs is not None and not cfg.time_budget_minutes
     if total is None or by_epochs:
         if cfg.epochs is None or data.steps_per_epoch is None:
