@@ -165,3 +165,40 @@ def test_resume_keeps_every_caption_row(tmp_path, collection):
     assert main([*args, "--images", str(collection / "imgs" / "caps.csv")]) == 0
     store = EmbeddingStore(tmp_path / "s")
     assert len(store) == 19 and len(set(store.metadata().column("caption").to_pylist())) == 18
+
+
+def test_text_store_has_no_thumbnails(tmp_path, collection, capsys):
+    from fastapi.testclient import TestClient
+
+    from cliplab.infer.server import create_app
+
+    (tmp_path / "t.txt").write_text("a red circle\na blue star\n")
+    assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(collection / "imgs"),
+                 "--output", str(tmp_path / "store"), "--texts", str(tmp_path / "t.txt")]) == 0
+    capsys.readouterr()
+    query = str(collection / "imgs" / sorted(p.name for p in (collection / "imgs").glob("*.png"))[0])
+    assert main(["search", str(tmp_path / "store" / "texts"), "--image", query, "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert {line.split(None, 2)[2] for line in lines} == {"a red circle", "a blue star"}  # captions, not None
+    client = TestClient(create_app(str(tmp_path / "store" / "texts")))
+    hits = client.get("/search", params={"q": "a red circle", "k": 2}).json()["results"]
+    assert len(hits) == 2 and all("url" not in h for h in hits)
+    r = client.get("/images/0")
+    assert r.status_code == 404 and "is a text" in r.json()["error"]
+
+
+def test_inputs_are_checked_before_a_store_is_made(tmp_path, collection, capsys):
+    base = ["embed", "--checkpoint", str(collection / "ckpt"), "--output", str(tmp_path / "store")]
+    assert main([*base, "--images", str(tmp_path / "nothing-here")]) == 2
+    assert main([*base, "--images", str(collection / "imgs"), "--texts", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()  # no half-made store left to block a retry
+
+
+def test_chunked_multipart_upload_is_bounded(client):
+    """Four files, each under the per-file limit (200 kB here), 400 kB in all, sent without Content-Length."""
+    part = (b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + b"0" * 100_000 + b"\r\n")
+    chunks = iter([part] * 4 + [b"--b--\r\n"])
+    r = client.post("/embed", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and set(r.json()) == {"error"}

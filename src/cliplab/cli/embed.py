@@ -62,11 +62,13 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model, cfg, root = load_model(args.checkpoint, device=device)
+    # every input is read before anything is written: a wrong path costs no store and no embedding time
+    items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+    texts = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts and rank == 0 else None
     if args.compile:
         model.compile_for_inference()
     store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype,
                                           model_id=model_id(args.checkpoint), rank=rank)
-    items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
     report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
                               workers=args.workers, precision=args.precision, part_size=args.part_size,
                               rank=rank, world_size=world, progress=rank == 0)
@@ -76,10 +78,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"... and {len(report.skipped) - 20} more", file=sys.stderr)
     print(f"embedded {report.embedded} image(s) ({report.images_per_second:.1f} img/s), "
           f"{report.already_done} already in the store, skipped {len(report.skipped)} unreadable")
-    if args.texts and rank == 0:
+    if texts is not None:
         import numpy as np
 
-        texts = _texts(args.texts, args.csv_caption_key, args.csv_separator)
         tstore = EmbeddingStore.open_or_create(os.path.join(args.output, "texts"), dim=cfg.model.embed_dim,
                                                dtype=args.dtype, model_id=model_id(args.checkpoint))
         done = tstore.done_keys("caption")

@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query or args.image, "results": results}))
     else:
         for r in results:
-            print(f"{r['rank']:>3}  {r['score']:.4f}  {r['path']}")
+            print(f"{r['rank']:>3}  {r['score']:.4f}  {r['path'] if r['path'] is not None else r['caption']}")
     return 0

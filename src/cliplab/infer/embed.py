@@ -198,7 +198,8 @@ class _ImageItems(Dataset):
         except FileNotFoundError:
             return BadSample(path, "file not found")
         except (CliplabError, OSError, ValueError) as err:
-            return BadSample(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return BadSample(path, reason.removeprefix(f"{path}: "))  # the source is named once, not twice
 
 
 def _collate(batch: list) -> tuple[torch.Tensor | None, list[tuple[int, int, int]], list[BadSample]]:

@@ -15,9 +15,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cliplab.errors import CliplabError
@@ -68,7 +69,9 @@ class _Service:
         self.metadata = self.store.metadata().to_pylist() if self.store is not None else []
 
     # -- helpers ------------------------------------------------------------------------------
-    def image(self, data: bytes, name: str) -> Any:
+    def pixels(self, data: bytes, name: str) -> torch.Tensor:
+        """An upload decoded and preprocessed at once (3, S, S): however many files a request holds, one
+        decoded image at a time is in memory."""
         from cliplab.transforms import ImageError, load_image
 
         if len(data) > self.limits.max_upload_bytes:
@@ -76,7 +79,7 @@ class _Service:
         if not data:
             raise ApiError(400, f"{name}: empty upload")
         try:
-            return load_image(data, max_pixels=self.limits.max_image_pixels)
+            return self.preprocess(load_image(data, max_pixels=self.limits.max_image_pixels))
         except ImageError as err:
             raise ApiError(400, f"{name}: {err}") from None
 
@@ -86,9 +89,11 @@ class _Service:
         return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
 
     @torch.no_grad()
-    def encode_images(self, images: list[Any]) -> np.ndarray:
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(next(self.model.parameters()).device)
-        return self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+    def encode_images(self, uploads: list[tuple[bytes, str]]) -> np.ndarray:
+        """(N, D) unit embeddings of uploaded files ``(bytes, name)``."""
+        pixels = torch.stack([self.pixels(data, name) for data, name in uploads])  # (N, 3, S, S)
+        return self.model.encode_image(pixels.to(next(self.model.parameters()).device), normalize=True
+                                       ).float().cpu().numpy()
 
     def search(self, query: np.ndarray, k: int) -> list[dict[str, Any]]:
         if self.index is None:
@@ -99,14 +104,48 @@ class _Service:
             if i < 0:
                 continue
             meta = self.metadata[i]
-            results.append({"id": int(i), "score": round(float(score), 6), "path": meta.get("path"),
-                            "caption": meta.get("caption"), "url": f"/images/{int(i)}"})
+            hit = {"id": int(i), "score": round(float(score), 6), "path": meta.get("path"),
+                   "caption": meta.get("caption")}
+            if meta.get("path") is not None:  # a store of texts has no images to show
+                hit["url"] = f"/images/{int(i)}"
+            results.append(hit)
         return results
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= self.limits.max_k:
             raise ApiError(422, f"k must be between 1 and {self.limits.max_k}")
         return k
+
+
+class _BodyLimit:
+    """Refuses (413) a request body larger than ``max_bytes`` (plus 64 KiB for multipart headers) as it
+    arrives, whether or not it announces its length: the count is taken on the body itself, so a chunked
+    upload is stopped too."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.limit = app, max_bytes + 64 * 1024
+        self.message = f"request larger than {max_bytes} bytes"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # raised inside the route, turned into a 413 by the exception handlers
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
 
 
 def _rgb_for_jpeg(img: Any) -> Any:
@@ -159,12 +198,7 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _size_limit(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.max_upload_bytes + 64 * 1024):
-            return JSONResponse({"error": f"request larger than {limits.max_upload_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
 
     @app.get("/", include_in_schema=False)
     def index_page() -> FileResponse:
@@ -183,8 +217,9 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
     @app.post("/search")
     async def search_image(image: Annotated[UploadFile, File()], k: Annotated[int, Form()] = 10) -> dict[str, Any]:
         svc.check_k(k)
-        pil = svc.image(await image.read(limits.max_upload_bytes + 1), image.filename or "image")
-        return {"query": image.filename, "results": svc.search(svc.encode_images([pil]), k)}
+        upload = (await image.read(limits.max_upload_bytes + 1), image.filename or "image")
+        query = await run_in_threadpool(svc.encode_images, [upload])  # decoding and encoding leave the loop free
+        return {"query": image.filename, "results": svc.search(query, k)}
 
     @app.post("/classify")
     async def classify(
@@ -204,12 +239,16 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
             check_template(template)
         except CliplabError as err:
             raise ApiError(422, str(err)) from None
-        pil = svc.image(await image.read(limits.max_upload_bytes + 1), image.filename or "image")
-        try:
-            preds = zero_shot([pil], names, svc.model, svc.preprocess, svc.tokenizer, templates=template)[0]
-        except CliplabError as err:  # e.g. a prompt longer than the model's context
-            raise ApiError(422, str(err)) from None
-        return {"predictions": preds}
+        data = await image.read(limits.max_upload_bytes + 1)
+
+        def predict() -> list[dict[str, Any]]:
+            pixels = svc.pixels(data, image.filename or "image")  # (3, S, S)
+            try:
+                return zero_shot([pixels], names, svc.model, svc.preprocess, svc.tokenizer, templates=template)[0]
+            except CliplabError as err:  # e.g. a prompt longer than the model's context
+                raise ApiError(422, str(err)) from None
+
+        return {"predictions": await run_in_threadpool(predict)}
 
     @app.post("/embed")
     async def embed(request: Request) -> dict[str, Any]:
@@ -229,14 +268,14 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
                 raise ApiError(422, 'texts: expected {"texts": ["...", ...]}')
             if len(texts) > limits.max_texts or any(len(t) > limits.max_query_chars for t in texts):
                 raise ApiError(422, f"texts: at most {limits.max_texts} texts of {limits.max_query_chars} chars")
-            return {"kind": "text", "embeddings": svc.encode_text(texts).tolist()}
+            return {"kind": "text", "embeddings": (await run_in_threadpool(svc.encode_text, texts)).tolist()}
         if kind.startswith("multipart/form-data"):
             form = await request.form()
             files = [f for f in form.getlist("images") if hasattr(f, "read")]
             if not files or len(files) > limits.max_texts:
                 raise ApiError(422, f"images: upload 1 to {limits.max_texts} files as field 'images'")
-            images = [svc.image(await f.read(limits.max_upload_bytes + 1), f.filename or "image") for f in files]
-            return {"kind": "image", "embeddings": svc.encode_images(images).tolist()}
+            uploads = [(await f.read(limits.max_upload_bytes + 1), f.filename or "image") for f in files]
+            return {"kind": "image", "embeddings": (await run_in_threadpool(svc.encode_images, uploads)).tolist()}
         raise ApiError(415, "send JSON {\"texts\": [...]} or multipart images")
 
     @app.get("/images/{item_id}")
@@ -246,7 +285,9 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
 
         if not 0 <= item_id < len(svc.metadata):
             raise ApiError(404, f"no indexed item {item_id}")
-        path = svc.metadata[item_id]["path"]
+        path = svc.metadata[item_id].get("path")
+        if path is None:
+            raise ApiError(404, f"item {item_id} is a text, not an image")
         try:
             img = read_item_image(path, max_pixels=limits.max_image_pixels)
             img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
