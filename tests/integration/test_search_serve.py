@@ -202,3 +202,40 @@ def test_chunked_multipart_upload_is_bounded(client):
     chunks = iter([part] * 4 + [b"--b--\r\n"])
     r = client.post("/embed", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413 and set(r.json()) == {"error"}
+
+
+def test_store_keeps_to_the_weights_it_was_made_with(tmp_path, collection, capsys):
+    """A run folder is pinned to its latest checkpoint at embed time; other weights of the same size are refused."""
+    run = tmp_path / "run"
+    args = ["train", "--model", "ViT-Tiny-32px", "--data-format", "synthetic", "--batch-size", "8", "--workers",
+            "0", "--output", str(run)]
+    assert main([*args, "--steps", "2"]) == 0
+    embed = ["embed", "--checkpoint", str(run), "--images", str(collection / "imgs"), "--output",
+             str(tmp_path / "s")]
+    assert main(embed) == 0
+    assert main([*args, "--steps", "4", "--resume", "latest"]) == 0  # the run goes on: its latest moves
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "s"), "a red circle", "-k", "2"]) == 0  # still the step-2 weights
+    assert main(["search", str(tmp_path / "s"), "red", "--checkpoint", str(run)]) == 2
+    assert "other weights than those of" in capsys.readouterr().err
+    assert main(embed) == 2  # resuming the embedding with the moved run would mix two models
+    assert "store was built with" in capsys.readouterr().err
+
+
+def test_index_of_a_rebuilt_store_is_not_reused(tmp_path, collection):
+    import shutil
+
+    from cliplab.infer.index import load_or_build_index
+    from cliplab.infer.store import EmbeddingStore
+
+    embed = ["embed", "--images", str(collection / "imgs"), "--output", str(tmp_path / "s"), "--part-size", "16"]
+    assert main([*embed, "--checkpoint", str(collection / "ckpt")]) == 0
+    first = load_or_build_index(EmbeddingStore(tmp_path / "s"), "flat")
+    for f in (tmp_path / "s").iterdir():  # a new store in the same folder, index files left behind
+        if not f.name.startswith("index"):
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+    assert main([*embed, "--checkpoint", str(tiny_checkpoint(tmp_path / "other"))]) == 0
+    store = EmbeddingStore(tmp_path / "s")
+    assert store.fingerprint() != first.info["store_fingerprint"]
+    again = load_or_build_index(store)
+    assert again.info["store_fingerprint"] == store.fingerprint()

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cliplab.api import load_model, resolve_device
     from cliplab.infer.embed import embed_collection, embed_texts, list_items
-    from cliplab.infer.store import EmbeddingStore, model_id
+    from cliplab.infer.store import EmbeddingStore, model_id, weights_fingerprint
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
 
@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     # every input is read before anything is written: a wrong path costs no store and no embedding time
     items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
     texts = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts and rank == 0 else None
+    made_by = {"model_id": model_id(args.checkpoint), "weights": weights_fingerprint(model)}
     if args.compile:
         model.compile_for_inference()
-    store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype,
-                                          model_id=model_id(args.checkpoint), rank=rank)
+    store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype, rank=rank,
+                                          **made_by)
     report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
                               workers=args.workers, precision=args.precision, part_size=args.part_size,
                               rank=rank, world_size=world, progress=rank == 0)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         import numpy as np
 
         tstore = EmbeddingStore.open_or_create(os.path.join(args.output, "texts"), dim=cfg.model.embed_dim,
-                                               dtype=args.dtype, model_id=model_id(args.checkpoint))
+                                               dtype=args.dtype, **made_by)
         done = tstore.done_keys("caption")
         todo = [t for t in texts if t not in done]
         if todo:

@@ -20,7 +20,7 @@ import numpy as np
 from cliplab.errors import CliplabError
 from cliplab.fileio import atomic_path, write_json
 
-__all__ = ["EmbeddingStore", "model_id", "same_model"]
+__all__ = ["EmbeddingStore", "model_id", "same_model", "weights_fingerprint"]
 
 COLUMNS = ("path", "width", "height", "caption")
 
@@ -31,9 +31,31 @@ def _manifest_name(rank: int) -> str:
 
 def model_id(checkpoint: str | os.PathLike[str]) -> str:
     """How a store names its model: an absolute path for a local checkpoint (so the store can be queried
-    from any folder), else the name as given (``ViT-B-32``)."""
+    from any folder), a training run folder's *current* latest checkpoint (which the run's later saves do not
+    change), else the name as given (``ViT-B-32``)."""
+    from cliplab.checkpoint import is_native
+    from cliplab.train.state import resolve_run_dir
+
     path = Path(checkpoint)
-    return str(path.resolve()) if path.exists() else str(checkpoint)
+    if not path.exists():
+        return str(checkpoint)
+    if path.is_dir() and not is_native(path):
+        path = resolve_run_dir(path) or path
+    return str(path.resolve())
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A short hash of a model's parameters (names, shapes and 16 values spread over each): two models of the
+    same size but other weights get other fingerprints, at a cost of microseconds per tensor."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        picks = flat[torch.linspace(0, max(flat.numel() - 1, 0), 16).long()] if flat.numel() else flat
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(picks.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def same_model(a: str, b: str) -> bool:
@@ -59,30 +81,36 @@ class EmbeddingStore:
         self.dim: int = int(head["dim"])
         self.dtype: str = head["dtype"]
         self.model_id: str | None = head.get("model_id")
+        self.weights: str | None = head.get("weights")  # the embedding model's; None in older stores
         self._cache: tuple[np.ndarray, Any] | None = None
 
     # -- creation ---------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16", model_id: str | None = None,
-               rank: int = 0) -> EmbeddingStore:
+               rank: int = 0, weights: str | None = None) -> EmbeddingStore:
+        """A new empty store; ``weights`` is the :func:`weights_fingerprint` of the model that fills it."""
         if dtype not in ("float16", "float32"):
             raise CliplabError(f"store dtype must be float16 or float32, got {dtype!r}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / _manifest_name(rank),
-                   {"format": "cliplab-store/1", "dim": dim, "dtype": dtype, "model_id": model_id, "rank": rank,
-                    "normalized": True, "parts": []})
+                   {"format": "cliplab-store/1", "dim": dim, "dtype": dtype, "model_id": model_id,
+                    "weights": weights, "store_id": os.urandom(8).hex(), "rank": rank, "normalized": True,
+                    "parts": []})
         return cls(path)
 
     def check_model(self, model: Any, name: str) -> None:
-        """A query model must make vectors of the store's size."""
+        """A query model must make vectors of the store's size, with the store's weights where it recorded them."""
         if model.cfg.embed_dim != self.dim:
             raise CliplabError(f"{self.path}: the store holds {self.dim}-d vectors but {name} makes "
                                f"{model.cfg.embed_dim}-d ones; query it with the model that built it")
+        if self.weights is not None and weights_fingerprint(model) != self.weights:
+            raise CliplabError(f"{self.path}: was embedded with other weights than those of {name} "
+                               f"(built with {self.model_id}); query it with the model that built it")
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16",
-                       model_id: str | None = None, rank: int = 0) -> EmbeddingStore:
+                       model_id: str | None = None, rank: int = 0, weights: str | None = None) -> EmbeddingStore:
         path = Path(path)
         if (path / _manifest_name(rank)).exists():
             store = cls(path)
@@ -90,9 +118,12 @@ class EmbeddingStore:
                 raise CliplabError(f"{path}: store holds {store.dim}-d vectors but the model makes {dim}-d ones")
             if model_id and store.model_id and not same_model(store.model_id, model_id):
                 raise CliplabError(f"{path}: store was built with {store.model_id}, not {model_id}")
+            if weights and store.weights and weights != store.weights:
+                raise CliplabError(f"{path}: store was built with other weights than those of {model_id} "
+                                   "(the checkpoint changed since); embed into a new store")
             return store
         # each rank writes only its own manifest, so ranks starting together never overwrite each other
-        return cls.create(path, dim, dtype, model_id, rank=rank)
+        return cls.create(path, dim, dtype, model_id, rank=rank, weights=weights)
 
     # -- writing ----------------------------------------------------------------------------------
     def append_part(self, vectors: np.ndarray, metadata: list[dict[str, Any]], rank: int = 0) -> str:
@@ -125,8 +156,11 @@ class EmbeddingStore:
         return sum(p["count"] for p in self.parts())
 
     def fingerprint(self) -> str:
-        """Changes whenever a part is added: an index built on an older store is detectably stale."""
-        return hashlib.sha256(json.dumps(self.parts()).encode()).hexdigest()[:16]
+        """Changes whenever a part is added, and differs between two stores built in the same folder: an index
+        built on an older store is detectably stale."""
+        head = {rank: {k: m.get(k) for k in ("store_id", "model_id", "weights", "dtype")}
+                for rank, m in sorted(self._manifests.items())}
+        return hashlib.sha256(json.dumps([head, self.parts()]).encode()).hexdigest()[:16]
 
     def _load(self) -> tuple[np.ndarray, Any]:
         import pyarrow as pa
