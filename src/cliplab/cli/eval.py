@@ -110,16 +110,17 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if args.save_classifier:
         save_classifier(args.save_classifier, classifier, ds.classnames, templates)
     result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device)
-    if args.confusion_png:
-        plot_confusion(result, ds.classnames, args.confusion_png)
     report = {"task": "zeroshot", "checkpoint": str(args.checkpoint), "data": str(args.data),
               "templates": len(templates), **result.to_dict(ds.classnames)}
-    return _report(args, report, [
+    code = _report(args, report, [
         f"{result.n} images, {result.num_classes} classes, {len(templates)} templates",
         f"top-1 {100 * result.top1:.2f} %  top-5 {100 * result.top5:.2f} %  "
         f"mean per-class recall {100 * result.mean_per_class_recall:.2f} %",
         *_per_class_table(result.per_class(ds.classnames)),
     ])
+    if args.confusion_png:  # after the report: a figure never costs the numbers
+        plot_confusion(result, ds.classnames, args.confusion_png)
+    return code
 
 
 def _short(names: list[str], n: int = 4) -> str:
@@ -212,15 +213,18 @@ def run_retrieval(args: argparse.Namespace) -> int:
         owners += [index[key]] * len(texts)
     root = Path(args.data).parent
     image_emb = _encode_images(model, [root / p for p in index], preprocess, args, device)  # (Ni, D)
-    tokens = tokenizer(captions)  # (Nt, L)
+    cut = sum(len(tokenizer.encode(c)) + 2 > tokenizer.context_length for c in captions)
+    tokens = tokenizer(captions, truncate=True)  # (Nt, L): long captions cut, as OpenAI's and open_clip's evals do
     text_emb = torch.empty(len(captions), model.cfg.embed_dim)  # (Nt, D)
     with torch.no_grad():
         for batch in batches_by_length(tokens, args.batch_size):
             text_emb[batch] = model.encode_text(tokens[batch].to(device), normalize=True).float().cpu()
     t2i = torch.tensor(owners)
     metrics = retrieval_metrics(image_emb, text_emb, t2i, ks=args.ks)
-    report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data), **metrics}
-    out = [f"{len(index)} images, {len(captions)} captions"]
+    report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data),
+              "truncated_captions": cut, **metrics}
+    out = [f"{len(index)} images, {len(captions)} captions"
+           + (f" ({cut} cut to the model's {tokenizer.context_length} tokens)" if cut else "")]
     for name in ("image_to_text", "text_to_image"):
         recalls = "  ".join(f"R@{k} {100 * metrics[f'{name}_R@{k}']:.2f}" for k in args.ks)
         out.append(f"{name}: {recalls}  median rank {metrics[f'{name}_median_rank']:g}")
@@ -229,11 +233,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
 def _to_train_labels(labels: Any, test_classes: list[str], train_classes: list[str]) -> Any:
     """Test labels renumbered as the training set numbers its classes (the two sets number their own class
-    folders or CSV labels); a class with no training images gets -1, which no prediction matches."""
+    folders or CSV labels); every test class must be a training class."""
     import torch
 
     where = {name: i for i, name in enumerate(train_classes)}
-    table = torch.tensor([where.get(name, -1) for name in test_classes])  # (C_test,)
+    table = torch.tensor([where[name] for name in test_classes])  # (C_test,)
     return table[labels]  # (N,)
 
 
@@ -245,6 +249,12 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     model, preprocess, _ = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
     train, test = _dataset(args.train, args, preprocess), _dataset(args.test, args, preprocess)
+    missing = [name for name in test.classes if name not in set(train.classes)]
+    if missing:
+        from cliplab.errors import CliplabError
+
+        raise CliplabError(f"{args.test}: test classes with no training images: {_short(missing)}; the training "
+                           f"set has {_short(train.classes)} (class names must match exactly)")
     xtr, ytr = extract_features(model, make_loader(train, args.batch_size, args.workers), device)
     xte, yte = extract_features(model, make_loader(test, args.batch_size, args.workers), device)
     yte = _to_train_labels(yte, test.classes, train.classes)

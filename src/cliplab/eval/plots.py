@@ -24,8 +24,8 @@ def plot_confusion(result: Any, classnames: Sequence[str] | None, path: str | os
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= MAX_TICK_LABELS:
         names = list(classnames) if classnames is not None else [str(i) for i in range(n)]
-        ax.set_xticks(range(n), names, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), names, fontsize=8)
+        ax.set_xticks(range(n), names, rotation=90, fontsize=8, parse_math=False)  # a "$" is just a "$"
+        ax.set_yticks(range(n), names, fontsize=8, parse_math=False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"top-1 {100 * result.top1:.1f} %, mean per-class recall {100 * result.mean_per_class_recall:.1f} %")

@@ -159,3 +159,34 @@ def test_batch_size_is_checked_by_the_parser(setup, capsys):
         main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
               "--batch-size", "0"])
     assert info.value.code == 2 and "argument --batch-size: 0 is below 1" in capsys.readouterr().err
+
+
+def test_probe_refuses_test_classes_the_training_set_lacks(setup, tmp_path, capsys):
+    d = setup
+    for name in ("Red", "green"):  # "Red" is not "red"
+        (tmp_path / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (255, 0, 0)).save(tmp_path / "test" / name / "0.png")
+    assert main(["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--train", str(d / "data"),
+                 "--test", str(tmp_path / "test"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "['Red']" in err and "\n" not in err
+
+
+def test_long_captions_are_cut_and_counted(setup, tmp_path, capsys):
+    d = setup
+    long = " ".join(["red"] * 100)  # over the 32-token context
+    (d / "long.csv").write_text(f"filepath,title\ndata/red/0.png,{long}\ndata/green/1.png,a green square\n")
+    assert main(["eval", "retrieval", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "long.csv"),
+                 "--device", "cpu", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1])["truncated_captions"] == 1
+    assert "1 cut to the model's 32 tokens" in out  # ViT-Tiny-32px's text context
+
+
+def test_class_names_with_dollar_signs_plot(setup, tmp_path):
+    d = setup
+    (tmp_path / "names.json").write_text(json.dumps({"red": "r $^$ x", "green": "$5 bill"}))
+    assert main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
+                 "--templates", "simple", "--classnames", str(tmp_path / "names.json"), "--device", "cpu",
+                 "--confusion-png", str(tmp_path / "c.png"), "--output", str(tmp_path / "z.json")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "z.json").exists()
