@@ -96,8 +96,11 @@ class CLIP(nn.Module):
         return state
 
     def scale(self) -> torch.Tensor:
-        """The logit multiplier: ``exp(logit_scale)`` capped at ``max_logit_scale``."""
-        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+        """The logit multiplier ``exp(logit_scale)``: as OpenAI's and HF's models use it in eval mode (OpenAI's
+        trained value, ln(100) in fp16, gives 100.03); in training mode capped at ``max_logit_scale``, with no
+        gradient beyond the cap (the stored value is also clamped after each step)."""
+        s = self.logit_scale.exp()
+        return s.clamp(max=self.cfg.max_logit_scale) if self.training else s
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:

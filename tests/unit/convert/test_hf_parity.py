@@ -51,6 +51,8 @@ def hf_dir(request, tmp_path_factory):
     torch.manual_seed(0)
     cfg = transformers.CLIPConfig(**CONFIGS[request.param])
     model = transformers.CLIPModel(cfg).eval()
+    with torch.no_grad():  # OpenAI's trained value: ln(100) rounded up to fp16, so exp() is just over 100
+        model.logit_scale.fill_(4.60546875)
     path = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(path)
     return path, model
