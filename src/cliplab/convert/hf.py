@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from cliplab.config import (
+    OPENAI_MEAN,
+    OPENAI_STD,
     CLIPConfig,
     ModelConfig,
     PreprocessConfig,
@@ -77,19 +79,56 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
         raise CliplabError(f"config.json is not a CLIPModel config ({type(err).__name__}: {err})") from None
     model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
                         init_logit_scale=cfg.get("logit_scale_init_value", 2.6592))
-    pre = PreprocessConfig(image_size=vision.image_size)
-    if preprocessor:
-        resample = preprocessor.get("resample", 3)
-        if resample not in _RESAMPLE.values():
-            raise CliplabError(f"preprocessor_config.json: resample {resample!r} is not one cliplab implements "
-                               f"({', '.join(f'{v} = {k}' for k, v in _RESAMPLE.items())})")
-        squash = "shortest_edge" not in preprocessor.get("size", {}) and not preprocessor.get("do_center_crop", True)
-        pre = PreprocessConfig(image_size=vision.image_size,
-                               mean=tuple(preprocessor.get("image_mean", pre.mean)),
-                               std=tuple(preprocessor.get("image_std", pre.std)),
-                               interpolation=next(k for k, v in _RESAMPLE.items() if v == resample),
-                               resize_mode="squash" if squash else "shortest")
+    pre = _preprocess_from_hf(preprocessor, vision.image_size) if preprocessor else PreprocessConfig(vision.image_size)
     return CLIPConfig(model, pre, TokenizerConfig(context_length=text.context_length), name=cfg.get("_name_or_path"))
+
+
+def _side(value: Any, where: str) -> tuple[str, int, int]:
+    """A HF ``size`` / ``crop_size``: ``("shortest", n, n)`` or ``("exact", height, width)``. Older files
+    (``CLIPFeatureExtractor``) give a bare number: the shortest side for ``size``, a square for crops."""
+    try:
+        if isinstance(value, int | float):
+            return ("shortest" if where == "size" else "exact", int(value), int(value))
+        if isinstance(value, dict) and "shortest_edge" in value:
+            return "shortest", int(value["shortest_edge"]), int(value["shortest_edge"])
+        if isinstance(value, dict) and "height" in value and "width" in value:
+            return "exact", int(value["height"]), int(value["width"])
+    except (TypeError, ValueError):
+        pass
+    raise CliplabError(f"preprocessor_config.json: {where} {value!r} is neither a number, shortest_edge nor "
+                       "height/width")
+
+
+def _preprocess_from_hf(pre: dict[str, Any], image_size: int) -> PreprocessConfig:
+    """``CLIPImageProcessor`` settings as cliplab's preprocessing. Rescaling and normalisation flags fold into
+    mean/std; a resize/crop pair cliplab cannot do (resize to one size, crop to another) is approximated by
+    resizing to the model's input, with a warning."""
+    import warnings
+
+    from cliplab.errors import CliplabWarning
+
+    resample = pre.get("resample", 3)
+    if resample not in _RESAMPLE.values():
+        raise CliplabError(f"preprocessor_config.json: resample {resample!r} is not one cliplab implements "
+                           f"({', '.join(f'{v} = {k}' for k, v in _RESAMPLE.items())})")
+    mode, h, w = _side(pre.get("size", image_size), "size")
+    crop = pre.get("do_center_crop", True)
+    _, ch, cw = _side(pre.get("crop_size", pre.get("size", image_size)), "crop_size")
+    squash = mode == "exact" and h == w == image_size and (not crop or ch == cw == image_size)
+    exact = squash or (mode == "shortest" and h == image_size and crop and ch == cw == image_size)
+    if not exact or not pre.get("do_resize", True):
+        warnings.warn(f"preprocessor_config.json: resizes to {pre.get('size')} and crops to "
+                      f"{pre.get('crop_size') if crop else 'nothing'}; cliplab resizes the shortest side to the "
+                      f"model's {image_size} and centre-crops it", CliplabWarning, stacklevel=3)
+    scale = 1.0 if pre.get("do_rescale", True) else 255.0  # pixels kept in 0..255: mean and std scale with them
+    if pre.get("do_normalize", True):
+        mean = tuple(float(m) / scale for m in pre.get("image_mean", OPENAI_MEAN))
+        std = tuple(float(s) / scale for s in pre.get("image_std", OPENAI_STD))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0 / scale,) * 3
+    return PreprocessConfig(image_size=image_size, mean=mean, std=std,
+                            interpolation=next(k for k, v in _RESAMPLE.items() if v == resample),
+                            resize_mode="squash" if squash else "shortest")
 
 
 def from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

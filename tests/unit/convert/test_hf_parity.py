@@ -117,3 +117,44 @@ def test_export_refuses_a_logit_bias(tmp_path):
     with pytest.raises(CliplabError, match="logit bias"):
         export_hf(create_model(arch), CLIPConfig.for_model(arch), tmp_path / "hf")
     assert not (tmp_path / "hf" / "model.safetensors").exists()
+
+
+_LEGACY = {"feature_extractor_type": "CLIPFeatureExtractor", "size": 32, "crop_size": 32, "do_center_crop": True,
+           "do_resize": True, "do_normalize": True, "resample": 3, "image_mean": [0.5, 0.4, 0.3],
+           "image_std": [0.2, 0.25, 0.3]}
+
+
+@pytest.mark.parametrize("changes", [
+    {},  # the older CLIPFeatureExtractor file: bare numbers for size and crop_size
+    {"do_normalize": False},
+    {"do_rescale": False},
+    {"size": {"height": 32, "width": 32}, "crop_size": {"height": 32, "width": 32}},  # resize exactly, crop nothing
+    {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}, "resample": 2},
+])
+def test_hf_preprocessor_settings_are_followed(tmp_path, changes):
+    import json
+
+    arch = load_arch("ViT-Tiny-32px")
+    export_hf(create_model(arch), CLIPConfig.for_model(arch), tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({**_LEGACY, **changes}))
+    cfg, _ = load_foreign(tmp_path / "hf")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    theirs = transformers.CLIPImageProcessor.from_pretrained(tmp_path / "hf")(image, return_tensors="pt")
+    ours = Preprocess(cfg.preprocess)(image)  # (3, 32, 32)
+    assert _rel(ours, theirs["pixel_values"][0]) <= 1e-5
+
+
+def test_hf_preprocessing_cliplab_cannot_do_is_said(tmp_path):
+    import json
+
+    from cliplab.errors import CliplabWarning
+
+    arch = load_arch("ViT-Tiny-32px")
+    export_hf(create_model(arch), CLIPConfig.for_model(arch), tmp_path / "hf")
+    pre = {**_LEGACY, "size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(pre))
+    with pytest.warns(CliplabWarning, match="resizes to"):
+        load_foreign(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({**_LEGACY, "size": {"w": 3}}))
+    with pytest.raises(CliplabError, match="size"):
+        load_foreign(tmp_path / "hf")
