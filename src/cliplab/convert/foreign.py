@@ -90,14 +90,14 @@ def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str |
     the file is OpenAI's), open_clip's own models gelu."""
     from cliplab.checkpoint import validate_state_dict
     from cliplab.convert.hf import is_hf_dir, read_hf_dir
-    from cliplab.convert.openai import from_openai, infer_config
+    from cliplab.convert.openai import from_openai, infer_config, strip_wrappers
 
     path = Path(path)
     if is_hf_dir(path):
         if arch is not None or activation is not None:
             raise CliplabError(f"{path}: a HF CLIPModel folder records its architecture and activation; arch= and "
                                "activation= are for bare OpenAI / open_clip state dicts")
-        cfg, sd = read_hf_dir(path)
+        cfg, sd = read_hf_dir(path, allow_unsafe)
     else:
         if path.is_dir() and (path / "config.json").exists():
             raise CliplabError(f"{path}: has a config.json but is neither a cliplab checkpoint (a valid config.json "
@@ -109,7 +109,7 @@ def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str |
         sd = read_safetensors(path) if path.suffix == ".safetensors" else read_pickle(path, allow_unsafe)
         if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
             raise CliplabError(f"{path}: HF weights without their config.json; load the whole CLIPModel folder")
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        sd = {strip_wrappers(k): v for k, v in sd.items()}
         if arch is None and activation is None and not _is_torchscript(path):
             warnings.warn(f"{path}: a bare state dict does not record its activation; assuming OpenAI's "
                           "quick_gelu. open_clip's own models (LAION's and most others) use gelu: pass "

@@ -244,7 +244,30 @@ def is_hf_dir(path: Path) -> bool:
         return False
 
 
-def read_hf_dir(path: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+def _hf_weights(path: Path, allow_unsafe: bool) -> dict[str, torch.Tensor]:
+    """The state dict of a HF folder: one safetensors or PyTorch file, or the shards an index names."""
+    from cliplab.convert.foreign import read_pickle, read_safetensors
+
+    for name, read in (("model.safetensors", read_safetensors), ("pytorch_model.bin", None)):
+        reader = read or (lambda p: read_pickle(p, allow_unsafe))
+        if (path / name).exists():
+            return reader(path / name)
+        index = path / f"{name}.index.json"
+        if index.exists():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise CliplabError(f"{index}: unreadable shard index ({type(err).__name__}: {err})") from None
+            sd: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if not (path / shard).exists():
+                    raise CliplabError(f"{index}: names the shard {shard}, which is missing")
+                sd.update(reader(path / shard))
+            return sd
+    raise CliplabError(f"{path}: no model.safetensors or pytorch_model.bin (nor a sharded index of either)")
+
+
+def read_hf_dir(path: Path, allow_unsafe: bool = False) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     pre = path / "preprocessor_config.json"
     try:
         cfg_json = json.loads((path / "config.json").read_text())
@@ -255,14 +278,4 @@ def read_hf_dir(path: Path) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
         clip_cfg = hf_config_to_cliplab(cfg_json, pre_json)
     except CliplabError as err:
         raise CliplabError(f"{path}: {err}") from None
-    if (path / "model.safetensors").exists():
-        from cliplab.convert.foreign import read_safetensors
-
-        sd = read_safetensors(path / "model.safetensors")
-    elif (path / "pytorch_model.bin").exists():
-        from cliplab.convert.foreign import read_pickle
-
-        sd = read_pickle(path / "pytorch_model.bin", allow_unsafe=False)
-    else:
-        raise CliplabError(f"{path}: no model.safetensors or pytorch_model.bin")
-    return clip_cfg, from_hf(sd)
+    return clip_cfg, from_hf(_hf_weights(path, allow_unsafe))

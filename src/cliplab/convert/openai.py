@@ -9,7 +9,7 @@ import torch
 from cliplab.config import ModelConfig, ResNetConfig, TextTransformerConfig, ViTConfig
 from cliplab.errors import CliplabError
 
-__all__ = ["from_openai", "infer_config", "to_openai"]
+__all__ = ["from_openai", "infer_config", "strip_wrappers", "to_openai"]
 
 # (OpenAI pattern, cliplab replacement), applied in order to every key
 _RULES = [
@@ -30,6 +30,14 @@ _RULES = [
 _EXTRA = {"input_resolution", "context_length", "vocab_size"}  # ints stored in OpenAI's archives
 
 
+def strip_wrappers(key: str) -> str:
+    """A key without the prefixes training wrappers add, in any order: DDP's ``module.`` and
+    ``torch.compile``'s ``_orig_mod.`` (open_clip checkpoints carry either or both)."""
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+    return key
+
+
 def _rename(key: str, vit: bool) -> str:
     if vit and key == "visual.conv1.weight":
         return "visual.patch_embed.weight"
@@ -40,7 +48,7 @@ def _rename(key: str, vit: bool) -> str:
 
 def from_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenAI / open_clip names → cliplab names (projections transposed into Linear weights)."""
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if k.removeprefix("module.") not in _EXTRA}
+    sd = {strip_wrappers(k): v for k, v in sd.items() if strip_wrappers(k) not in _EXTRA}
     vit = "visual.proj" in sd
     out = {}
     for key, value in sd.items():
@@ -97,7 +105,7 @@ def _heads(width: int, tower: str) -> int:
 
 def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu") -> ModelConfig:
     """The architecture of an OpenAI-named state dict, from tensor shapes alone (as OpenAI's build_model)."""
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = {strip_wrappers(k): v for k, v in sd.items()}
     try:
         embed_dim = sd["text_projection"].shape[1]
         tw = sd["ln_final.weight"].shape[0]

@@ -158,3 +158,44 @@ def test_hf_preprocessing_cliplab_cannot_do_is_said(tmp_path):
     (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({**_LEGACY, "size": {"w": 3}}))
     with pytest.raises(CliplabError, match="size"):
         load_foreign(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_sharded_hf_checkpoints_load(hf_dir, tmp_path, safe):
+    import json
+    import shutil
+
+    path, hf = hf_dir
+    out = tmp_path / "sharded"
+    if safe:
+        hf.save_pretrained(out, max_shard_size="200KB")
+        assert (out / "model.safetensors.index.json").exists()
+    else:  # PyTorch shards, as older transformers wrote them
+        out.mkdir()
+        shutil.copy(path / "config.json", out / "config.json")
+        items = sorted(hf.state_dict().items())
+        halves = {"pytorch_model-00001-of-00002.bin": dict(items[::2]),
+                  "pytorch_model-00002-of-00002.bin": dict(items[1::2])}
+        for name, part in halves.items():
+            torch.save(part, out / name)
+        weight_map = {k: name for name, part in halves.items() for k in part}
+        (out / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ours, _, _ = load_model(out)
+    whole, _, _ = load_model(path)
+    for k, v in whole.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+
+
+def test_unsafe_opt_in_reaches_hf_pickles(hf_dir, tmp_path):
+    import argparse
+    import shutil
+
+    path, hf = hf_dir
+    (tmp_path / "hf").mkdir()
+    shutil.copy(path / "config.json", tmp_path / "hf" / "config.json")
+    checkpoint = {"state_dict": hf.state_dict(), "args": argparse.Namespace(lr=1.0)}  # a training script's file
+    torch.save(checkpoint, tmp_path / "hf" / "pytorch_model.bin")
+    with pytest.raises(CliplabError, match="refused to unpickle"):
+        load_model(tmp_path / "hf")
+    ours, _, _ = load_model(tmp_path / "hf", allow_unsafe=True)  # the user's explicit opt-in is honoured
+    assert torch.equal(ours.logit_scale, hf.logit_scale)

@@ -39,12 +39,14 @@ def _small_openai_shaped(tmp_path):
     return cfg, create_model(cfg).eval()
 
 
-@pytest.mark.parametrize("wrap", ["plain", "module", "open_clip_training"])
+@pytest.mark.parametrize("wrap", ["plain", "module", "open_clip_training", "_orig_mod.module.", "module._orig_mod."])
 def test_openai_pickles_load_with_identical_outputs(tmp_path, wrap):
     cfg, model = _small_openai_shaped(tmp_path)
     sd = to_openai(model.state_dict())
     if wrap == "module":
         sd = {f"module.{k}": v for k, v in sd.items()}
+    if wrap.endswith("."):  # torch.compile'd (and DDP-wrapped) open_clip training
+        sd = {f"{wrap}{k}": v for k, v in sd.items()}
     obj = {"epoch": 3, "state_dict": sd} if wrap == "open_clip_training" else sd
     torch.save(obj, tmp_path / "ckpt.pt")
     ours, cfg2, _ = load_model(tmp_path / "ckpt.pt")
