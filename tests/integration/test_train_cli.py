@@ -178,8 +178,10 @@ def test_compiled_training_matches_eager(tmp_path):
     assert _losses(compiled) == pytest.approx(_losses(eager), rel=1e-4)
 
 
-def test_shard_resume_replays_the_stream_exactly(tmp_path):
-    """Kill mid-epoch (two DataLoader workers), resume: the same batches, so the same losses, as one run."""
+@pytest.mark.parametrize("resampled", [False, True])
+def test_shard_resume_replays_the_stream_exactly(tmp_path, resampled):
+    """Kill mid-epoch (two DataLoader workers), resume: the same batches, so the same losses, as one run;
+    also for shards drawn with replacement (an endless stream)."""
     from cliplab.data.shards import write_shards
 
     imgs = tmp_path / "imgs"
@@ -192,7 +194,8 @@ def test_shard_resume_replays_the_stream_exactly(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     args = ["--model", "ViT-Tiny-32px", "--batch-size", "8", "--workers", "2", "--seed", "1", "--warmup", "2",
             "--data-format", "wds", "--train-data", str(tmp_path / "shards" / "{00000..00003}.tar"), "--steps", "14",
-            "--save-every", "4", "log_every=1", "data.shuffle_buffer=16"]  # augmentation on: replayed too
+            "--save-every", "4", "log_every=1", "data.shuffle_buffer=16",  # augmentation on: replayed too
+            f"data.resampled={str(resampled).lower()}"]
     assert main(["train", *args, "--output", str(full)]) == 0
     assert main(["train", *args, "--output", str(part), "--stop-after", "10"]) == 0
     assert resolve_run_dir(part).name == "step-00000008"  # 6 batches per epoch: resumes in epoch 2

@@ -52,6 +52,14 @@ def _split_by_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
     return list(urls)[rank::world_size]
 
 
+def _worker_seed(rank: int) -> int:
+    """The resampled shard stream's seed for this rank and DataLoader worker: streams differ, and repeat."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return rank * 1000 + (info.id if info is not None else 0)
+
+
 class _Errors:
     """Collects the exceptions webdataset reports, so they can be yielded as BadSamples."""
 
@@ -103,18 +111,25 @@ class ShardDataset(IterableDataset):
         seen = 0
         errors = _Errors()
         seed = self.seed + 1000 * self.epoch + self.rank
-        pipeline = wds.WebDataset(
-            self.urls,
-            handler=errors,
-            resampled=self.resampled,
-            shardshuffle=False if self.resampled else 1000,
-            nodesplitter=functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
-            seed=seed,
-        )
+        if self.resampled:  # every rank and worker draws shards with replacement from its own seeded stream
+            worker = functools.partial(_worker_seed, self.rank)
+            pipeline = wds.DataPipeline(
+                wds.ResampledShards(self.urls, seed=self.seed + 1000 * self.epoch, worker_seed=worker,
+                                    deterministic=True),
+                wds.tarfile_to_samples(handler=errors),
+            )
+        else:
+            pipeline = wds.WebDataset(
+                self.urls,
+                handler=errors,
+                shardshuffle=1000,
+                nodesplitter=functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),
+                workersplitter=wds.split_by_worker,
+                empty_check=False,
+                seed=seed,
+            )
         if self.shuffle_buffer > 1:
-            pipeline = pipeline.shuffle(self.shuffle_buffer, seed=seed)
+            pipeline.append(wds.shuffle(self.shuffle_buffer, seed=seed))
         for raw in pipeline:
             while errors.items:
                 seen += 1

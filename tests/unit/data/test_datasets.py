@@ -141,6 +141,23 @@ def test_shards_split_across_ranks_without_duplicates(tmp_path, transform, token
     assert not set(seen[0]) & set(seen[1])
 
 
+def test_resampled_shards_stream_forever_reproducibly(tmp_path, transform, tokenizer):
+    import itertools
+
+    imgs = [_image(tmp_path / "img" / f"{i}.png", colour=(i * 20, 0, 0)) for i in range(8)]
+    write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=2)
+
+    def first(rank, n=20):
+        ds = ShardDataset(str(tmp_path / "s" / "{00000..00003}.tar"), transform, tokenizer, shuffle_buffer=1,
+                          resampled=True, rank=rank, world_size=2)
+        return [tuple(tok[:4].tolist()) for _, tok in itertools.islice(ds, n)]
+
+    a = first(0)
+    assert len(a) == 20 and len(set(a)) <= 8  # more samples than the shards hold: drawn with replacement
+    assert a == first(0)  # the same stream again (a resumed run replays it)
+    assert a != first(1)  # each rank draws its own
+
+
 def test_missing_shard(tmp_path):
     with pytest.raises(CliplabError, match=r"shard .*00000\.tar not found \(2 of 2 missing\)"):
         expand_urls(str(tmp_path / "{00000..00001}.tar"))
