@@ -27,16 +27,21 @@ class Batch:
     images: torch.Tensor  # (B, 3, S, S)
     texts: torch.Tensor  # (B, L)
     bad: list[BadSample] = field(default_factory=list)
+    worker: int = 0  # the DataLoader worker that made it: a stream's position is counted per worker
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
 
 def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor] | BadSample]) -> Batch:
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    worker = info.id if info is not None else 0
     good = [it for it in items if not isinstance(it, BadSample)]
     bad = [it for it in items if isinstance(it, BadSample)]
     if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad, worker)
     images = torch.stack([img for img, _ in good])  # (B, 3, S, S)
     texts = torch.stack([tok for _, tok in good])  # (B, L)
-    return Batch(images, texts, bad)
+    return Batch(images, texts, bad, worker)

@@ -102,22 +102,35 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
 
 
 class _Epochs:
-    """A shard loader run epoch after epoch, knowing how far it is: ``{"epoch", "batch"}``."""
+    """A shard loader run epoch after epoch, knowing how far it is: ``{"epoch", "batch", "items"}``, where
+    ``items`` counts the samples each DataLoader worker has yielded this epoch. Workers' shares of an epoch
+    differ (a short last shard, shards that do not split evenly), so a resumed worker skips its own count."""
 
-    def __init__(self, loader: DataLoader, ds: Any, epoch: int = 0, batch: int = 0) -> None:
+    def __init__(self, loader: DataLoader, ds: Any, epoch: int = 0, batch: int = 0,
+                 items: dict[str, int] | None = None, next_worker: int | None = None) -> None:
         self.loader, self.ds, self.epoch, self.batch = loader, ds, epoch, batch
+        self.workers = max(1, loader.num_workers)
+        if items is None and batch:  # saved before per-worker counts: full batches taken from workers in turn
+            n = self.workers
+            items = {str(w): max(0, (batch - w + n - 1) // n) * ds.batch_size for w in range(n)}
+        self.items = dict(items or {})
+        self.next_worker = batch % self.workers if next_worker is None else next_worker
 
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch}
+    def position(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "items": dict(self.items), "next_worker": self.next_worker}
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            self.ds.set_epoch(self.epoch, skip_batches=self.batch)
+            first = self.next_worker
+            self.ds.set_epoch(self.epoch, skip_items=self.items, first_worker=first)
             empty = True
             for batch in self.loader:
                 empty = False
                 self.batch += 1
+                role = (batch.worker + first) % self.workers  # the worker whose share this batch is
+                self.items[str(role)] = self.items.get(str(role), 0) + len(batch) + len(batch.bad)
+                self.next_worker = (role + 1) % self.workers
                 yield batch
             if empty and self.batch == 0:
                 raise CliplabError("the shards yielded no samples")
-            self.epoch, self.batch = self.epoch + 1, 0
+            self.epoch, self.batch, self.items, self.next_worker = self.epoch + 1, 0, {}, 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import os
 import zlib
@@ -52,14 +53,6 @@ def _split_by_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
     return list(urls)[rank::world_size]
 
 
-def _worker_seed(rank: int) -> int:
-    """The resampled shard stream's seed for this rank and DataLoader worker: streams differ, and repeat."""
-    from torch.utils.data import get_worker_info
-
-    info = get_worker_info()
-    return rank * 1000 + (info.id if info is not None else 0)
-
-
 class _Errors:
     """Collects the exceptions webdataset reports, so they can be yielded as BadSamples."""
 
@@ -91,31 +84,34 @@ class ShardDataset(IterableDataset):
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.batch_size = 1  # items per DataLoader batch (set by the loader), for skip_batches
-        self.skip_batches = 0  # batches of this epoch already consumed (resume); counted across workers
+        self.batch_size = 1  # items per DataLoader batch (set by the loader): positions saved before per-worker counts
+        self.skip_items: dict[str, int] = {}  # items each worker already yielded this epoch (resume)
+        self.first_worker = 0  # the worker whose batch comes next (resume)
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip_batches = epoch, skip_batches
+    def set_epoch(self, epoch: int, skip_items: dict[str, int] | None = None, first_worker: int = 0) -> None:
+        """Start epoch ``epoch``; a resumed one skips what each worker already yielded and starts at the worker
+        whose turn it was. The DataLoader always takes its first batch from its worker 0, so its worker ``i``
+        plays the part of worker ``(i + first_worker) mod W``: the same shards, in the same turn order."""
+        self.epoch, self.skip_items, self.first_worker = epoch, dict(skip_items or {}), first_worker
 
-    def _items_to_skip(self) -> int:
-        """Items this worker yielded for the first ``skip_batches`` batches: the DataLoader takes batches
-        from its workers in turn (batch i from worker i mod W), each ``batch_size`` items long."""
+    def _role(self) -> tuple[int, int]:
+        """(the worker this DataLoader worker plays, the number of workers)."""
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
-        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        return max(0, (self.skip_batches - w + n - 1) // n) * self.batch_size
+        n = info.num_workers if info is not None else 1
+        return ((info.id if info is not None else 0) + self.first_worker) % n, n
 
     def __iter__(self) -> Iterator[tuple | BadSample]:
-        skip = self._items_to_skip()
+        role, n_workers = self._role()
+        skip = int(self.skip_items.get(str(role), 0))
         seen = 0
         errors = _Errors()
         seed = self.seed + 1000 * self.epoch + self.rank
         if self.resampled:  # every rank and worker draws shards with replacement from its own seeded stream
-            worker = functools.partial(_worker_seed, self.rank)
             pipeline = wds.DataPipeline(
-                wds.ResampledShards(self.urls, seed=self.seed + 1000 * self.epoch, worker_seed=worker,
-                                    deterministic=True),
+                wds.ResampledShards(self.urls, seed=self.seed + 1000 * self.epoch,
+                                    worker_seed=lambda: self.rank * 1000 + role, deterministic=True),
                 wds.tarfile_to_samples(handler=errors),
             )
         else:
@@ -124,7 +120,7 @@ class ShardDataset(IterableDataset):
                 handler=errors,
                 shardshuffle=1000,
                 nodesplitter=functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),
-                workersplitter=wds.split_by_worker,
+                workersplitter=lambda shards: itertools.islice(shards, role, None, n_workers),
                 empty_check=False,
                 seed=seed,
             )

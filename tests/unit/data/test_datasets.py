@@ -161,3 +161,31 @@ def test_resampled_shards_stream_forever_reproducibly(tmp_path, transform, token
 def test_missing_shard(tmp_path):
     with pytest.raises(CliplabError, match=r"shard .*00000\.tar not found \(2 of 2 missing\)"):
         expand_urls(str(tmp_path / "{00000..00001}.tar"))
+
+
+def test_shard_position_is_exact_when_workers_hold_unequal_shares(tmp_path):
+    """3 shards of 16 over 2 workers (32 and 16 samples), batches of 6: partial batches and one worker
+    running dry. A stream rebuilt from any saved position goes on exactly as the uninterrupted one."""
+    from cliplab.data.loader import build_train_data
+    from cliplab.train.config import DataConfig
+
+    imgs = [_image(tmp_path / "img" / f"{i}.png") for i in range(48)]
+    write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=16)
+
+    def tok(caps, truncate=True):
+        return torch.tensor([[int(c.split()[-1])] for c in caps])  # (B, 1): the sample's number
+
+    def transform(image):
+        return torch.zeros(3, 2, 2)
+
+    cfg = DataConfig(format="wds", train_data=str(tmp_path / "s" / "{00000..00002}.tar"), workers=2,
+                     shuffle_buffer=4)
+    full = build_train_data(cfg, transform, tok, 6, seed=0)
+    seen, positions = [], []
+    for _ in range(12):  # past the end of the first epoch
+        positions.append(full.position())
+        seen.append(next(full.batches).texts[:, 0].tolist())
+    assert sum(len(b) for b in seen[:9]) == 48 and len({i for b in seen[:9] for i in b}) == 48  # epoch 1
+    for at in (3, 7, 8, 10):
+        again = build_train_data(cfg, transform, tok, 6, seed=0, start_step=at, position=positions[at])
+        assert [next(again.batches).texts[:, 0].tolist() for _ in range(12 - at)] == seen[at:], at
