@@ -399,3 +399,28 @@ def test_run_finishes_without_matplotlib(tmp_path, monkeypatch, capsys):
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "curves.png").exists()
     assert resolve_run_dir(tmp_path / "run").name == "step-00000002"
+
+
+def test_resume_keeps_the_runs_settings(tmp_path, capsys):
+    """``--resume latest`` alone continues the run as it was set up (data, batch, lr, schedule); its own
+    config.json can start a new run; changed settings are named."""
+    data = _csv(tmp_path / "data")
+    first = ["train", "--model", "ViT-Tiny-32px", "--train-data", str(data), "--batch-size", "8", "--lr", "2e-3",
+             "--steps", "6", "--save-every", "2", "--workers", "0", "--seed", "3", "--warmup", "2", "log_every=1"]
+    assert main([*first, "--output", str(tmp_path / "full")]) == 0
+    assert main([*first, "--output", str(tmp_path / "part"), "--stop-after", "3"]) == 0
+    assert main(["train", "--resume", "latest", "--output", str(tmp_path / "part")]) == 0
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "part"), "--steps", "8", "--lr", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "note: resuming with changed settings" in out and "optim.lr: 0.002 -> 0.001" in out
+    assert main(["train", "--config", str(tmp_path / "full" / "config.json"), "--steps", "1",
+                 "--output", str(tmp_path / "again")]) == 0  # a run's resolved config is a valid config
+
+
+def test_empty_config_section_is_a_section(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("data:\n  # workers: 2\nsteps: 1\n")
+    assert main(["train", *COMMON, "--config", str(tmp_path / "run.yaml"), "--output", str(tmp_path / "r")]) == 0
+    assert main(["train", *COMMON, "--steps", "1", "data=3", "data.workers=0", "--output", str(tmp_path / "s")]) == 2
+    assert "'data' is not a section" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 # flag -> dotted config key
 FLAGS = {
@@ -61,11 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cliplab.train.config import load_train_config
+    from cliplab.train.config import changed_settings, load_train_config
     from cliplab.train.loop import train
+    from cliplab.train.state import saved_settings
 
     flags = {key: getattr(args, name) for name, key in {**FLAGS, **SWITCHES}.items()
              if getattr(args, name, None) is not None}
     cfg = load_train_config(args.config, args.overrides, flags)
+    saved = saved_settings(cfg.resume, cfg.output) if cfg.resume else None
+    if saved is not None:  # a resumed run keeps its settings; what this command line gives goes on top
+        cfg = load_train_config(args.config, args.overrides, flags, base=saved)
+        changes = changed_settings(saved, cfg)
+        if changes and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: resuming with changed settings: {'; '.join(changes)}", flush=True)
     train(cfg)
     return 0

@@ -8,7 +8,9 @@ command-line flags. Unknown keys are a one-line error naming the key.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -20,8 +22,8 @@ import yaml
 
 from cliplab.errors import CliplabError
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "apply_overrides", "from_dict", "load_train_config",
-           "to_dict"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "apply_overrides", "changed_settings", "from_dict",
+           "load_train_config", "to_dict"]
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,40 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {k: ({kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v)) for k, v in out.items()}
 
 
+def _section(node: dict[str, Any], part: str, key: str) -> dict[str, Any]:
+    """``node[part]`` as a mapping to set keys in: created when absent or empty (a YAML ``data:`` with every
+    key commented out reads as None)."""
+    if node.get(part) is None:
+        node[part] = {}
+    if not isinstance(node[part], dict):
+        raise CliplabError(f"{key}: {part!r} is not a section (it holds {node[part]!r})")
+    return node[part]
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    return {k: v for key, value in data.items()
+            for k, v in (_flat(value, f"{prefix}{key}.").items() if isinstance(value, dict)
+                         else [(f"{prefix}{key}", value)])}
+
+
+NOT_INHERITED = ("resume", "stop_after")  # settings of one invocation, not of the run
+
+
+def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``key: old -> new`` for each setting of ``cfg`` that differs from a resumed run's saved one."""
+    old, new = _flat(saved), _flat(to_dict(cfg))
+    return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
+            if k not in NOT_INHERITED and k in old and old[k] != v]
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["optim.lr=1e-3", "data.workers=2"]`` applied onto a nested dict (values parsed as YAML)."""
     for item in overrides:
@@ -217,31 +253,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise CliplabError(f"override {key!r}: {part!r} is not a section")
+            node = _section(node, part, f"override {key!r}")
         node[parts[-1]] = value
     return data
 
 
 def load_train_config(path: str | None = None, overrides: list[str] | None = None,
-                      flags: dict[str, Any] | None = None) -> TrainConfig:
-    """File → dotted overrides → flags (``{"optim.lr": 1e-3, "batch_size": 64}``), validated."""
+                      flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> TrainConfig:
+    """``base`` (a resumed run's saved settings) → file → dotted overrides → flags (``{"optim.lr": 1e-3}``),
+    validated. A file may be a run's own ``config.json`` / ``train_config.json`` (``{"train": {...}}``)."""
     data: dict[str, Any] = {}
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
+            # JSON through json: YAML 1.1 reads a number like 1e-06 (no dot) as a string
+            data = (json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)) or {}
         except OSError as err:
             raise CliplabError(f"{path}: cannot read config ({err.strerror})") from None
-        except yaml.YAMLError as err:
-            raise CliplabError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            raise CliplabError(f"{path}: invalid {'JSON' if path.endswith('.json') else 'YAML'} "
+                               f"({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise CliplabError(f"{path}: expected a mapping at the top level")
-    data = apply_overrides(data, list(overrides or []))
+        if isinstance(data.get("train"), dict) and set(data) <= {"train", "world_size"}:
+            data = data["train"]  # what a run writes: its resolved settings, fed back as they are
+    base = {k: copy.deepcopy(v) for k, v in (base or {}).items() if k not in NOT_INHERITED}
+    data = apply_overrides(_merge(base, data), list(overrides or []))
     for key, value in (flags or {}).items():
         node = data
         *parents, last = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            node = _section(node, part, key)
         node[last] = value
     return from_dict(data)

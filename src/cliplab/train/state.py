@@ -10,6 +10,7 @@ replaced atomically. The last ``keep_last`` checkpoints are kept.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -24,7 +25,8 @@ from cliplab.config import CLIPConfig
 from cliplab.errors import CliplabError
 from cliplab.fileio import atomic_path, write_json, write_text
 
-__all__ = ["load_trainer_state", "resolve_run_dir", "rng_state", "save_run_checkpoint", "set_rng_state"]
+__all__ = ["load_trainer_state", "resolve_run_dir", "rng_state", "save_run_checkpoint", "saved_settings",
+           "set_rng_state"]
 
 TRAINER = "trainer.pt"
 TRAIN_CONFIG = "train_config.json"  # the run's resolved training config, as the run folder's config.json
@@ -98,3 +100,17 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
         return torch.load(ckpt_dir / TRAINER, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CliplabError(f"{ckpt_dir}: no {TRAINER} (a model-only checkpoint cannot resume training)") from None
+
+
+def saved_settings(resume: str, output: str) -> dict[str, Any] | None:
+    """The training settings stored with the checkpoint ``--resume`` names (``latest`` in ``output``, a run
+    folder or a checkpoint folder), or None when there is none to read."""
+    from cliplab.checkpoint import is_native
+
+    path = Path(output) if resume == "latest" else Path(resume)
+    ckpt = path if resume != "latest" and is_native(path) else resolve_run_dir(path)
+    try:
+        data = json.loads((ckpt / TRAIN_CONFIG).read_text()) if ckpt is not None else None
+    except (OSError, ValueError):
+        return None
+    return data.get("train") if isinstance(data, dict) and isinstance(data.get("train"), dict) else None
