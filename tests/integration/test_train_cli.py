@@ -325,8 +325,14 @@ def test_resume_is_exact_after_skipped_batches(tmp_path):
     assert main([*args, "--output", str(tmp_path / "part"), "--stop-after", "7"]) == 0
     assert main([*args, "--output", str(tmp_path / "part"), "--resume", "latest"]) == 0
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
-    full, part = (json.loads((tmp_path / r / "summary.json").read_text())["bad_samples"] for r in ("full", "part"))
-    assert full == part
+    full, part = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("full", "part"))
+    assert full["bad_samples"] == part["bad_samples"]
+    # a batch of one good pair and one bad sample has nothing to contrast: its good pair is counted as left
+    # out, so every sample drawn is used, bad or left out: 2 x drawn = 2 x 12 steps + bad + left out
+    from cliplab.train.state import load_trainer_state
+
+    drawn = load_trainer_state(resolve_run_dir(tmp_path / "full"))["batches_drawn"]
+    assert drawn > 12 and full["dropped_pairs"] == part["dropped_pairs"] == 2 * drawn - 24 - full["bad_samples"]
 
 
 def test_resume_into_another_runs_folder_and_other_architecture(tmp_path, capsys):

@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import os
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch.utils.data import IterableDataset
 from cliplab.data.batch import BadSample
 from cliplab.data.folder import IMAGE_EXTENSIONS
 from cliplab.data.samples import Tokenizer, Transform, make_pair
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.fileio import atomic_path
 
 __all__ = ["ShardDataset", "expand_urls", "write_shards"]
@@ -80,6 +81,10 @@ class ShardDataset(IterableDataset):
         self.urls = expand_urls(pattern)
         if not resampled and len(self.urls) < world_size:
             raise CliplabError(f"{len(self.urls)} shard(s) for {world_size} ranks: each rank needs at least one")
+        if not resampled and len(self.urls) % world_size and rank == 0:
+            warnings.warn(f"{len(self.urls)} shards over {world_size} processes: ranks hold unequal shares, so a "
+                          "rank with fewer shards starts its next epoch sooner and sees its samples more often; use "
+                          f"a multiple of {world_size} shards or data.resampled=true", CliplabWarning, stacklevel=2)
         self.transform, self.tokenizer = transform, tokenizer
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
         self.rank, self.world_size = rank, world_size

@@ -115,14 +115,15 @@ def _holds_checkpoints(ckpts: Path) -> bool:
     return ckpts.is_dir() and any(p.is_dir() for p in ckpts.glob("step-*"))
 
 
-def _agree(n_good: int, bad: list, world: int) -> tuple[int, list]:
+def _agree(n_good: int, bad: list, world: int) -> tuple[int, list, int]:
     """Under DDP every rank must contribute the same number of pairs to the gathered loss, and rank 0 logs
-    every rank's bad samples: ``(smallest good count over ranks, all ranks' bad samples)``."""
+    every rank's bad samples: ``(smallest good count over ranks, all ranks' bad samples, good pairs over
+    all ranks)``."""
     if world == 1:
-        return n_good, bad
+        return n_good, bad, n_good
     counts = [None] * world
     dist.all_gather_object(counts, (n_good, bad))
-    return min(n for n, _ in counts), [b for _, rank_bad in counts for b in rank_bad]
+    return min(n for n, _ in counts), [b for _, rank_bad in counts for b in rank_bad], sum(n for n, _ in counts)
 
 
 def _resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | None:
@@ -182,6 +183,7 @@ class _Position:
     total: int | None = None
     drawn: int = 0
     bad_samples: int = 0
+    dropped: int = 0  # good pairs left out so that every rank's share of a batch is equal
     data_position: dict[str, int] | None = None
 
 
@@ -214,7 +216,7 @@ def _restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: t
     set_rng_state(state["rng"])
     positions = state.get("data_positions") or []
     return _Position(step, total, drawn=int(state.get("batches_drawn", step)),
-                     bad_samples=int(state.get("bad_samples", 0)),
+                     bad_samples=int(state.get("bad_samples", 0)), dropped=int(state.get("dropped_pairs", 0)),
                      data_position=positions[rank] if len(positions) == world else None)
 
 
@@ -245,7 +247,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     resume_from = _resume_checkpoint(cfg, run_dir, main)
     at = _Position(total=cfg.steps) if resume_from is None else _restore(
         resume_from, cfg, clip_cfg, model, optimizer, scaler, rank, world, notes=main and progress)
-    start, total, drawn, bad_total = at.step, at.total, at.drawn, at.bad_samples
+    start, total, drawn, bad_total, dropped = at.step, at.total, at.drawn, at.bad_samples, at.dropped
     tokenizer = get_tokenizer(clip_cfg.tokenizer, root=root)
     transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
@@ -297,7 +299,8 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         while step < total:
             batch = next(data.batches)
             drawn += 1
-            n_good, bad = _agree(len(batch), batch.bad, world)
+            n_good, bad, n_all = _agree(len(batch), batch.bad, world)
+            dropped += n_all - (n_good * world if n_good >= 2 else 0)  # good pairs no step used
             if bad:
                 bad_total += len(bad)
                 if cfg.data.on_bad_sample == "error":
@@ -369,6 +372,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                          "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
                          "data_positions": positions if data.position is not None else None, "bad_samples": bad_total,
+                         "dropped_pairs": dropped,
                          "batches_drawn": drawn}
                 tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
                 last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file,
@@ -377,7 +381,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         bar.close()
     elapsed = time.perf_counter() - t0
     if main:
-        _finish(run_dir, log.history, bad_total, step, elapsed, progress)
+        _finish(run_dir, log.history, bad_total, step, elapsed, progress, dropped)
     return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
 
 
@@ -429,8 +433,8 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
 
 
 def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, seconds: float,
-            progress: bool) -> None:
-    summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad,
+            progress: bool, dropped: int = 0) -> None:
+    summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad, "dropped_pairs": dropped,
                "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), math.nan)}
     write_json(run_dir / "summary.json", summary)
     if history:
@@ -444,4 +448,7 @@ def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, 
             print("note: matplotlib is not installed, so no curves.png (pip install 'cliplab[train]')", flush=True)
     if progress:
         note = f"; skipped {bad} bad sample(s), listed in {run_dir / 'bad_samples.jsonl'}" if bad else ""
+        if dropped:
+            note += (f"; left out {dropped} good pair(s) so that every process's share of a batch was equal "
+                     "(bad samples or short last batches on some ranks)")
         print(f"done: {steps} steps in {seconds:.0f} s, final loss {summary['final_loss']}{note}", flush=True)

@@ -189,3 +189,12 @@ def test_shard_position_is_exact_when_workers_hold_unequal_shares(tmp_path):
     for at in (3, 7, 8, 10):
         again = build_train_data(cfg, transform, tok, 6, seed=0, start_step=at, position=positions[at])
         assert [next(again.batches).texts[:, 0].tolist() for _ in range(12 - at)] == seen[at:], at
+
+
+def test_shards_that_do_not_split_evenly_over_ranks_are_said(tmp_path, transform, tokenizer):
+    from cliplab.errors import CliplabWarning
+
+    imgs = [_image(tmp_path / "img" / f"{i}.png") for i in range(3)]
+    write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=1)
+    with pytest.warns(CliplabWarning, match="3 shards over 2 processes"):
+        ShardDataset(str(tmp_path / "s" / "{00000..00002}.tar"), transform, tokenizer, rank=0, world_size=2)
