@@ -99,6 +99,9 @@ def test_diverging_loss_names_the_step(tmp_path, capsys):
                  str(tmp_path / "r"), "--save-every", "1"]) == 2
     err = capsys.readouterr().err
     assert "step" in err and "diverged" in err
+    failed = int(err.split("step ")[1].split(":")[0])
+    last = resolve_run_dir(tmp_path / "r")
+    assert f"the last good checkpoint is {last}" in err and last.name == f"step-{failed - 1:08d}"  # the one before
 
 
 def test_interpolate(tmp_path):
@@ -286,6 +289,7 @@ def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):
     (["optim.min_lr_ratio=2"], "optim.min_lr_ratio must be in [0, 1]"),
     (["--lr", "inf"], "optim.lr must be finite"),
     (["--device", "meta"], "training runs on cpu or cuda"),
+    (["--batch-size", "1"], "batch_size must be >= 2"),
     (["--precision", "fp16", "--device", "cpu"], "precision fp16 needs CUDA"),
 ])
 def test_bad_settings_are_one_line(tmp_path, capsys, flags, message):

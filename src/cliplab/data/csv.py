@@ -30,8 +30,11 @@ def separator(value: str) -> str:
 def read_rows(
     path: str | os.PathLike[str], columns: list[str], sep: str = ","
 ) -> tuple[list[list[str]], list[int]]:
-    """Read the named columns of a CSV: ``(rows, line numbers)``; one-line errors for a bad file or header."""
+    """Read the named columns of a CSV: ``(rows, line numbers)``; one-line errors for a bad file or header.
+    A ``.tsv`` file given the default comma is read with tabs (open_clip's default separator)."""
     path = Path(path)
+    if sep == "," and path.suffix.lower() == ".tsv":
+        sep = "\t"
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # -sig: drop a BOM
             return _parse(csv.reader(fh, delimiter=separator(sep)), path, columns)

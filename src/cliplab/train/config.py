@@ -123,7 +123,9 @@ class TrainConfig:
              "tokenizer: a model fine-tuned from a checkpoint keeps its own; --tokenizer is for training from scratch"),
             (d.format in ("synthetic", "csv", "folder", "wds"), f"data.format: {d.format!r}"),
             (d.on_bad_sample in ("skip", "error"), f"data.on_bad_sample: {d.on_bad_sample!r}"),
-            (self.batch_size >= 1 and self.accum_steps >= 1, "batch_size and accum_steps must be >= 1"),
+            (self.batch_size >= 2, f"batch_size must be >= 2 (a contrastive batch needs pairs to contrast), "
+                                   f"got {self.batch_size}"),
+            (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
             (o.schedule in ("cosine", "constant"), f"optim.schedule: {o.schedule!r}"),
             (self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),

@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                                    precision=cfg.precision, scaler=scaler, grad_clip_norm=cfg.optim.grad_clip_norm)
             except FloatingPointError as err:
                 keep = f"; the last good checkpoint is {last_save}" if last_save else ""
-                raise CliplabError(f"step {step}: {err} (diverged){keep}") from None
+                raise CliplabError(f"step {step + 1}: {err} (diverged){keep}") from None
             if world > 1:  # log the loss of the global batch, not rank 0's share
                 t = torch.tensor([stats["loss"]], device=device)
                 dist.all_reduce(t)

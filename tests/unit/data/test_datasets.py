@@ -198,3 +198,11 @@ def test_shards_that_do_not_split_evenly_over_ranks_are_said(tmp_path, transform
     write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=1)
     with pytest.warns(CliplabWarning, match="3 shards over 2 processes"):
         ShardDataset(str(tmp_path / "s" / "{00000..00002}.tar"), transform, tokenizer, rank=0, world_size=2)
+
+
+def test_tsv_suffix_means_tabs_by_default(tmp_path):
+    from cliplab.data.csv import read_rows
+
+    (tmp_path / "d.tsv").write_text("filepath\ttitle\na.png\ta photo, with a comma\n")
+    rows, lines = read_rows(tmp_path / "d.tsv", ["filepath", "title"])
+    assert rows == [["a.png", "a photo, with a comma"]] and lines == [2]
