@@ -32,7 +32,7 @@ from cliplab.errors import CliplabError
 from cliplab.fileio import write_text
 from cliplab.text_clean import clean_text, is_plain, plain_mask
 
-__all__ = ["Tokenizer", "TokenizerError", "clean_text", "get_tokenizer", "train_bpe"]
+__all__ = ["Tokenizer", "TokenizerError", "clean_text", "get_tokenizer", "openai_vocab", "train_bpe"]
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 # OpenAI's pre-tokenisation pattern (without its special-token alternatives, which are added tokens here).
@@ -70,14 +70,19 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     ])
 
 
-def _openai_backend() -> _RustTokenizer:
+def openai_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """OpenAI's BPE as ``(token -> id, merges in priority order)``, read from the shipped vocabulary file."""
     path = resources.files("cliplab") / "assets" / "bpe_simple_vocab_16e6.txt.gz"
     with resources.as_file(path) as p, gzip.open(p, "rt", encoding="utf-8") as fh:
         lines = fh.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     alphabet = list(_bytes_to_unicode().values())
     vocab_list = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + [SOT, EOT]
-    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def _openai_backend() -> _RustTokenizer:
+    vocab, merges = openai_vocab()
     backend = _RustTokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=None))
     backend.pre_tokenizer = _pre_tokenizer()
     backend.decoder = decoders.BPEDecoder(suffix="</w>")

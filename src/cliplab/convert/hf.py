@@ -217,6 +217,9 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
     if getattr(model, "logit_bias", None) is not None:
         raise CliplabError("a model with a logit bias (SigLIP-trained) has no HF CLIPModel equivalent: CLIPModel "
                            "would drop the bias; keep the native format or export to ONNX")
+    if cfg.tokenizer.kind != "openai":
+        raise CliplabError("a model with a learned tokenizer has no HF CLIPTokenizer equivalent (HF's cleans text "
+                           "its own way); keep the native format or export to ONNX")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg = _hf_config(cfg)
@@ -231,8 +234,24 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
         "do_center_crop": not squash, "crop_size": {"height": s, "width": s}, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(p.mean), "image_std": list(p.std),
         "do_convert_rgb": True})
+    _write_hf_tokenizer(out, cfg.tokenizer.context_length)
     write_json(out / "config.json", hf_cfg)
     return out
+
+
+def _write_hf_tokenizer(out: Path, context_length: int) -> None:
+    """OpenAI's BPE as ``CLIPTokenizer`` files (vocab.json, merges.txt and their settings), so that
+    ``CLIPProcessor.from_pretrained`` on the folder tokenises as cliplab does."""
+    from cliplab.fileio import write_text
+    from cliplab.tokenizer import EOT, SOT, openai_vocab
+
+    vocab, merges = openai_vocab()
+    write_json(out / "vocab.json", vocab, indent=None)
+    write_text(out / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
+    write_json(out / "special_tokens_map.json", specials)
+    write_json(out / "tokenizer_config.json", {"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length,
+                                               "do_lower_case": True, "errors": "replace", **specials})
 
 
 def is_hf_dir(path: Path) -> bool:

@@ -199,3 +199,28 @@ def test_unsafe_opt_in_reaches_hf_pickles(hf_dir, tmp_path):
         load_model(tmp_path / "hf")
     ours, _, _ = load_model(tmp_path / "hf", allow_unsafe=True)  # the user's explicit opt-in is honoured
     assert torch.equal(ours.logit_scale, hf.logit_scale)
+
+
+def test_exported_folder_tokenises_as_cliplab(tmp_path):
+    from cliplab.tokenizer import get_tokenizer
+
+    arch = load_arch("ViT-Tiny-32px")
+    export_hf(create_model(arch), CLIPConfig.for_model(arch), tmp_path / "hf")
+    texts = ["a photo of a cat.", "Two DOGS, running!", "naïve café — 3.5 km", "🚀 rocket", "x" * 40]
+    ours = get_tokenizer()(texts, context_length=32, truncate=True)  # (N, 32)
+    for theirs in (transformers.CLIPTokenizer.from_pretrained(tmp_path / "hf"),
+                   transformers.AutoProcessor.from_pretrained(tmp_path / "hf").tokenizer):
+        ids = theirs(texts, padding="max_length", max_length=32, truncation=True)["input_ids"]
+        for row, text, mine in zip(ids, texts, ours.tolist(), strict=True):
+            n = mine.index(49407) + 1  # HF pads with the end-of-text id, OpenAI with 0
+            assert row[:n] == mine[:n], text
+    assert transformers.CLIPTokenizer.from_pretrained(tmp_path / "hf").model_max_length == 32
+
+
+def test_export_refuses_a_learned_tokenizer(tmp_path):
+    from cliplab.config import TokenizerConfig
+
+    arch = load_arch("ViT-Tiny-32px")
+    cfg = dataclasses.replace(CLIPConfig.for_model(arch), tokenizer=TokenizerConfig("bpe", 32, "tok.json"))
+    with pytest.raises(CliplabError, match="learned tokenizer"):
+        export_hf(create_model(arch), cfg, tmp_path / "hf")
