@@ -147,6 +147,29 @@ def load(
     return (model, *model_io(model))
 
 
+def _pixels(image: Any, preprocess: Any, i: int) -> torch.Tensor:
+    """One ``classify`` input as a preprocessed tensor (3, S, S): a tensor as it is, a PIL image, a file path,
+    or an (H, W[, C]) uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    from cliplab.transforms import load_image
+
+    if torch.is_tensor(image):
+        return image
+    if isinstance(image, str | os.PathLike):
+        image = load_image(image)
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise CliplabError(f"classify: image {i} is a {image.dtype} array of shape {image.shape}; give "
+                               "(H, W) or (H, W, C) uint8")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise CliplabError(f"classify: image {i} is a {type(image).__name__}; give PIL images, file paths, "
+                           "uint8 arrays or preprocessed tensors")
+    return preprocess(image)
+
+
 def model_io(model: CLIP) -> tuple[Any, Any]:
     """``(preprocess, tokenizer)`` of the checkpoint ``model`` was loaded from; for a model made with
     :func:`create_model`, OpenAI's statistics at its input size and OpenAI's tokenizer."""
@@ -169,7 +192,8 @@ def classify(
 ) -> list[list[dict[str, Any]]]:
     """Zero-shot classification: for each image, ``[{"label", "score"}, ...]`` sorted by probability.
 
-    ``images`` are PIL images or already-preprocessed tensors (3, S, S); ``templates`` is one template,
+    ``images`` are PIL images, file paths, uint8 arrays, preprocessed tensors (3, S, S) or one tensor
+    (N, 3, S, S); ``templates`` is one template,
     a list (ensembled), or a built-in template-set name such as ``"openai-imagenet"``. Without
     ``preprocess`` or ``tokenizer``, those of the checkpoint the model was loaded from are used (for a model
     made with ``create_model``: OpenAI's statistics and tokenizer).
@@ -184,13 +208,17 @@ def classify(
         raise CliplabError(f"classify: top_k must be at least 1, got {top_k}")
     own_preprocess, own_tokenizer = model_io(model)
     preprocess, tokenizer = preprocess or own_preprocess, tokenizer or own_tokenizer
-    if not images:
+    if torch.is_tensor(images):
+        if images.dim() != 4:
+            raise CliplabError(f"classify: a tensor of images must be (N, 3, S, S), got {tuple(images.shape)}")
+        images = list(images)
+    if len(images) == 0:
         return []
     if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
         templates = [templates]
     device = next(model.parameters()).device
     classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=device)  # (D, C)
-    pixels = torch.stack([im if torch.is_tensor(im) else preprocess(im) for im in images]).to(device)
+    pixels = torch.stack([_pixels(im, preprocess, i) for i, im in enumerate(images)]).to(device)  # (N, 3, S, S)
     feats = model.encode_image(pixels, normalize=True)  # (N, D)
     probs = (model.scale() * feats @ classifier.to(feats.dtype)).softmax(dim=-1)  # (N, C)
     k = len(labels) if top_k is None else min(top_k, len(labels))

@@ -87,7 +87,9 @@ def _resolve(name_or_path: str | os.PathLike[str], builtins: dict[str, str], wha
         return _parse_lines(_builtin_text(builtins[key]))
     if Path(key).exists() or os.sep in key or "." in Path(key).name:
         return read_list(key, what)
-    raise CliplabError(f"{key}: not a file nor a built-in {what} set (built-in: {', '.join(sorted(builtins))})")
+    hint = "; a template needs a {} where the class name goes" if what == "template" and " " in key else ""
+    raise CliplabError(f"{key}: not a file nor a built-in {what} set (built-in: {', '.join(sorted(builtins))})"
+                       f"{hint}")
 
 
 def load_templates(name_or_path: str | os.PathLike[str]) -> list[str]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliplab.config import ModelConfig
+from cliplab.errors import CliplabError
 
 __all__ = ["CLIP", "CLIPOutput"]
 
@@ -56,6 +57,10 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Images (N, 3, S, S) → embeddings (N, D)."""
+        s = self.cfg.vision.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise CliplabError(f"encode_image: expected images of shape (N, 3, {s}, {s}), got {tuple(images.shape)} "
+                               "(preprocess them with the model's own preprocess)")
         compiled = self.__dict__.get("_compiled_visual")
         x = compiled(images) if compiled is not None and not torch.is_grad_enabled() else self.visual(images)
         return F.normalize(x, dim=-1) if normalize else x
@@ -87,6 +92,8 @@ class CLIP(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Token ids (M, L) → embeddings (M, D)."""
+        if tokens.shape[0] == 0:
+            return tokens.new_zeros(0, self.cfg.embed_dim, dtype=self.logit_scale.dtype)  # (0, D)
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 

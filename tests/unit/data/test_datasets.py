@@ -70,8 +70,10 @@ def test_csv_pairs_and_bad_rows(collection, transform, tokenizer):
 
 
 def test_csv_header_errors(collection, transform, tokenizer):
-    with pytest.raises(CliplabError, match=r"data\.tsv.*missing column.*wrong --csv-separator"):
-        CsvDataset(collection / "data.tsv", transform, tokenizer)  # comma separator on a TSV
+    (collection / "tabs.csv").write_text((collection / "data.tsv").read_text())
+    with pytest.raises(CliplabError, match=r"tabs\.csv.*missing column.*wrong --csv-separator"):
+        CsvDataset(collection / "tabs.csv", transform, tokenizer)  # tab-separated, read with commas
+    assert len(CsvDataset(collection / "data.tsv", transform, tokenizer)) == 6  # a .tsv: tabs by default
     with pytest.raises(CliplabError, match=r"missing column\(s\) \['caption'\]"):
         CsvDataset(collection / "data.tsv", transform, tokenizer, caption_key="caption", sep="\t")
 
