@@ -239,3 +239,16 @@ def test_index_of_a_rebuilt_store_is_not_reused(tmp_path, collection):
     assert store.fingerprint() != first.info["store_fingerprint"]
     again = load_or_build_index(store)
     assert again.info["store_fingerprint"] == store.fingerprint()
+
+
+def test_loopback_server_refuses_other_host_names(collection):
+    from fastapi.testclient import TestClient
+
+    from cliplab.infer.server import create_app
+
+    client = TestClient(create_app(str(collection / "store"), allowed_hosts=["127.0.0.1", "localhost"]),
+                        base_url="http://localhost:8000")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/search", params={"q": "red"}, headers={"host": "evil.example.com"}).status_code == 400
+    r = client.post("/classify", files={"image": ("q.png", _png(), "image/png")}, data={"labels": '["red", 1, null]'})
+    assert r.status_code == 422 and "strings" in r.json()["error"]

@@ -20,8 +20,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cliplab.infer.server import create_app
 
-    app = create_app(args.store, args.checkpoint, device=args.device)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    # a loopback server answers only requests addressed to it by a loopback name (no DNS rebinding)
+    hosts = ["127.0.0.1", "localhost", "[::1]"] if loopback else None
+    app = create_app(args.store, args.checkpoint, device=args.device, allowed_hosts=hosts)
+    if not loopback:
         print(f"warning: serving on {args.host}, reachable from other machines")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -131,7 +131,7 @@ class LabelCsvDataset(Dataset):
             labels = [index[label] for label in raw]
         self.classes = keys
         root = self.path.parent
-        self.samples = [(root / image, label) for (image, _), label in zip(rows, labels, strict=True)]
+        self.samples = [(root / image.strip(), label) for (image, _), label in zip(rows, labels, strict=True)]
         self.sources = [f"{self.path}:{line}" for line in lines]
 
     def __len__(self) -> int:

@@ -170,7 +170,9 @@ def _labels(raw: str, limit: int) -> list[str]:
         labels = None
     if not isinstance(labels, list):
         labels = raw.splitlines() if "\n" in raw else raw.split(",")
-    labels = [str(x).strip() for x in labels if str(x).strip()]
+    if not all(isinstance(x, str) for x in labels):
+        raise ApiError(422, "labels: a JSON list must hold strings")
+    labels = [x.strip() for x in labels if x.strip()]
     if not labels:
         raise ApiError(422, "give at least one label")
     if len(labels) > limit:
@@ -179,10 +181,16 @@ def _labels(raw: str, limit: int) -> list[str]:
 
 
 def create_app(store: str | None = None, checkpoint: str | None = None, limits: ServeLimits | None = None,
-               device: str = "cpu") -> FastAPI:
+               device: str = "cpu", allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app; ``allowed_hosts`` (Host header values, without port) guards a loopback server against DNS
+    rebinding: a web page on another domain then cannot read its answers."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     limits = limits or ServeLimits()
     svc = _Service(store, checkpoint, limits, device)
     app = FastAPI(title="cliplab", description="Search, classify and embed with CLIP.", version="1")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -190,3 +190,12 @@ def test_class_names_with_dollar_signs_plot(setup, tmp_path):
                  "--templates", "simple", "--classnames", str(tmp_path / "names.json"), "--device", "cpu",
                  "--confusion-png", str(tmp_path / "c.png"), "--output", str(tmp_path / "z.json")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "z.json").exists()
+
+
+def test_csv_image_paths_are_trimmed_like_retrieval(setup):
+    from cliplab.eval.datasets import LabelCsvDataset
+
+    d = setup
+    (d / "spaced.csv").write_text("filepath,label\n data/red/0.png ,red\ndata/green/1.png,green\n")
+    ds = LabelCsvDataset(d / "spaced.csv", transform=lambda im: im)
+    assert ds[0][0].size == (40, 40)  # the file is found despite the spaces around its path
