@@ -102,9 +102,10 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
 
 
 class _Epochs:
-    """A shard loader run epoch after epoch, knowing how far it is: ``{"epoch", "batch", "items"}``, where
-    ``items`` counts the samples each DataLoader worker has yielded this epoch. Workers' shares of an epoch
-    differ (a short last shard, shards that do not split evenly), so a resumed worker skips its own count."""
+    """A shard loader run epoch after epoch, knowing how far it is: ``{"epoch", "batch", "items",
+    "next_worker"}``, where ``items`` counts the samples each DataLoader worker has yielded this epoch and
+    ``next_worker`` is whose turn it is. Workers' shares of an epoch differ (a short last shard, shards that
+    do not split evenly), so a resumed worker skips its own count, and the turn order goes on where it was."""
 
     def __init__(self, loader: DataLoader, ds: Any, epoch: int = 0, batch: int = 0,
                  items: dict[str, int] | None = None, next_worker: int | None = None) -> None:
