@@ -46,10 +46,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--tower", choices=("image", "text", "both"), default="both")
+    p.add_argument("--precisions", default="auto",
+                   help="comma-separated fp32,bf16; auto: bf16 only where the CPU has it natively (elsewhere it is "
+                        "emulated and many times slower than fp32 for both libraries)")
     p.add_argument("--compile", action="store_true",
                    help="also time both image towers under torch.compile with freezing (cliplab's "
                         "compile_for_inference, HF's get_image_features the same way); compilation is excluded")
     args = p.parse_args()
+    from cliplab.precision import cpu_has_bf16
+
+    precisions = (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]) if args.precisions == "auto" \
+        else args.precisions.split(",")
     torch.manual_seed(0)
     hf = transformers.CLIPModel(transformers.CLIPConfig()).eval()
     with tempfile.TemporaryDirectory() as d:
@@ -76,7 +83,7 @@ def main() -> None:
         ids[i, k] = 49407
     rows = []
     with torch.no_grad():
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
             with ctx:
                 fns = {}
