@@ -264,6 +264,9 @@ def run_linear_probe(args: argparse.Namespace) -> int:
                               "n_test": res.n_test, "searched": {str(k): v for k, v in res.searched.items()}}
     out = [f"linear probe: accuracy {100 * res.accuracy:.2f} % (C = {res.c:.3g}, "
            f"{res.n_train} train / {res.n_test} test)"]
+    if res.val_accuracy is None:
+        out.append("note: some class has a single training image, so no validation split was possible and C was "
+                   f"not searched (fixed at {res.c:g})")
     if args.shots:
         shots = sorted({k for group in args.shots for k in group})
         few = few_shot_probe(xtr, ytr, xte, yte, shots=shots, seeds=args.seeds)

@@ -199,3 +199,13 @@ def test_csv_image_paths_are_trimmed_like_retrieval(setup):
     (d / "spaced.csv").write_text("filepath,label\n data/red/0.png ,red\ndata/green/1.png,green\n")
     ds = LabelCsvDataset(d / "spaced.csv", transform=lambda im: im)
     assert ds[0][0].size == (40, 40)  # the file is found despite the spaces around its path
+
+
+def test_probe_says_when_c_was_not_searched(setup, tmp_path, capsys):
+    d = setup
+    for name, rgb in {"red": (255, 0, 0), "green": (0, 255, 0)}.items():  # one training image per class
+        (tmp_path / "one" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), rgb).save(tmp_path / "one" / name / "0.png")
+    assert main(["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--train", str(tmp_path / "one"),
+                 "--test", str(d / "data"), "--device", "cpu"]) == 0
+    assert "C was not searched (fixed at 1)" in capsys.readouterr().out
