@@ -252,3 +252,11 @@ def test_loopback_server_refuses_other_host_names(collection):
     assert client.get("/search", params={"q": "red"}, headers={"host": "evil.example.com"}).status_code == 400
     r = client.post("/classify", files={"image": ("q.png", _png(), "image/png")}, data={"labels": '["red", 1, null]'})
     assert r.status_code == 422 and "strings" in r.json()["error"]
+
+
+def test_parts_hold_part_size_vectors_whatever_the_batch(tmp_path, collection):
+    from cliplab.infer.store import EmbeddingStore
+
+    assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(collection / "imgs"),
+                 "--output", str(tmp_path / "s"), "--batch-size", "32", "--part-size", "16"]) == 0
+    assert [p["count"] for p in EmbeddingStore(tmp_path / "s").parts()] == [16, 16, 8]  # 40 good images

@@ -250,11 +250,14 @@ def embed_collection(
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="embed")
 
-    def flush() -> None:
-        if meta:
-            store.append_part(np.concatenate(vectors), meta, rank=rank)
-            vectors.clear()
-            meta.clear()
+    def flush(final: bool = False) -> None:
+        """Write parts of exactly ``part_size`` vectors (the last one of a run may be smaller)."""
+        while meta and (len(meta) >= part_size or final):
+            done = np.concatenate(vectors)  # (n, D)
+            n = min(part_size, len(meta))
+            store.append_part(done[:n], meta[:n], rank=rank)
+            vectors[:] = [done[n:]] if len(done) > n else []
+            del meta[:n]
 
     with torch.no_grad():
         for pixels, index, bad in loader:
@@ -267,9 +270,8 @@ def embed_collection(
                     meta.append({"path": todo[i]["path"], "width": w, "height": h, "caption": todo[i]["caption"]})
                 report.embedded += len(index)
             bar.update(len(index) + len(bad))
-            if len(meta) >= part_size:
-                flush()
-    flush()
+            flush()
+    flush(final=True)
     bar.close()
     report.seconds = time.perf_counter() - start
     return report
