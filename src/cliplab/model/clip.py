@@ -62,8 +62,27 @@ class CLIP(nn.Module):
             raise CliplabError(f"encode_image: expected images of shape (N, 3, {s}, {s}), got {tuple(images.shape)} "
                                "(preprocess them with the model's own preprocess)")
         compiled = self.__dict__.get("_compiled_visual")
+        if compiled is not None and not torch.is_grad_enabled() and not self._compiled_weights_current():
+            compiled = None
         x = compiled(images) if compiled is not None and not torch.is_grad_enabled() else self.visual(images)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def _compiled_weights_current(self) -> bool:
+        """False (and the compiled tower dropped, with a warning) once the image tower's weights changed after
+        :meth:`compile_for_inference` froze them into the graph."""
+        from cliplab.model.cpu_inference import _unchanged
+
+        if _unchanged(self.__dict__["_compiled_stamp"], list(self.visual.parameters())):
+            return True
+        import warnings
+
+        from cliplab.errors import CliplabWarning
+
+        for key in ("_compiled_visual", "_compiled_stamp"):
+            self.__dict__.pop(key, None)
+        warnings.warn("the image tower's weights changed after compile_for_inference(): running it eagerly; "
+                      "call compile_for_inference() again to compile the new weights", CliplabWarning, stacklevel=3)
+        return False
 
     def compile_for_inference(self) -> CLIP:
         """Compile the image tower with ``torch.compile`` for inference (inductor, weights frozen into the graph
@@ -71,8 +90,11 @@ class CLIP(nn.Module):
         compiles (20-35 s for ViT-B/32 on 2 CPU cores); after that it ran 1.03-1.08x the eager tower. A batch
         smaller than the largest seen so far is zero-padded up to it instead of compiled anew. The text
         tower stays eager: it drops padding per batch, which a compiled graph cannot. Weights are read when a
-        shape is compiled: call this again after changing them."""
+        shape is compiled: a change to them afterwards is detected (as for the bf16 weight cache), and the
+        tower then runs eagerly, with a warning, until this is called again."""
         import torch._inductor.config as inductor_config
+
+        from cliplab.model.cpu_inference import _stamp
 
         compiled = torch.compile(self.visual, dynamic=False)
         largest = [0]  # the batch size compiled for: smaller batches are padded up to it, not recompiled
@@ -88,6 +110,7 @@ class CLIP(nn.Module):
                 return compiled(images)[:n]  # (n, D)
 
         self.__dict__["_compiled_visual"] = run  # in __dict__, not a submodule: the state dict stays as it is
+        self.__dict__["_compiled_stamp"] = _stamp(list(self.visual.parameters()))
         return self
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -100,6 +123,7 @@ class CLIP(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_compiled_visual", None)  # tied to this object's weights: copies and pickles run eager
+        state.pop("_compiled_stamp", None)
         return state
 
     def scale(self) -> torch.Tensor:

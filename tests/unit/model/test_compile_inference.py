@@ -34,3 +34,20 @@ def test_a_copy_of_a_compiled_model_uses_its_own_weights():
         clone.visual.proj.weight.mul_(2)
         images = torch.randn(2, 3, 32, 32)
         torch.testing.assert_close(clone.encode_image(images), clone.visual(images))
+
+
+def test_weights_changed_after_compiling_are_noticed():
+    import pytest
+
+    from cliplab.errors import CliplabWarning
+
+    torch.manual_seed(0)
+    model = create_model("ViT-Tiny-32px").eval().compile_for_inference()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.encode_image(images)  # compiled with the weights of now
+        model.load_state_dict({k: v * 1.5 if k == "visual.proj.weight" else v for k, v in model.state_dict().items()})
+        with pytest.warns(CliplabWarning, match="weights changed after compile_for_inference"):
+            got = model.encode_image(images)
+        torch.testing.assert_close(got, model.visual(images))  # the new weights, run eagerly
+        assert "_compiled_visual" not in model.__dict__
