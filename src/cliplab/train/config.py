@@ -273,7 +273,7 @@ def load_train_config(path: str | None = None, overrides: list[str] | None = Non
         except OSError as err:
             raise CliplabError(f"{path}: cannot read config ({err.strerror})") from None
         except (yaml.YAMLError, json.JSONDecodeError) as err:
-            raise CliplabError(f"{path}: invalid {'JSON' if path.endswith('.json') else 'YAML'} "
+            raise CliplabError(f"{path}: invalid {'JSON' if str(path).endswith('.json') else 'YAML'} "
                                f"({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise CliplabError(f"{path}: expected a mapping at the top level")
