@@ -77,7 +77,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--compile", action="store_true", help="also time cliplab under torch.compile")
     p.add_argument("--same-optimizer", action="store_true", help="HF steps with cliplab's optimizer too")
+    p.add_argument("--precisions", default="auto",
+                   help="comma-separated fp32,bf16; auto: bf16 only where the CPU has it natively")
     args = p.parse_args()
+    from cliplab.precision import cpu_has_bf16
+
+    precisions = (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]) if args.precisions == "auto" \
+        else args.precisions.split(",")
     torch.manual_seed(0)
     hf_cfg = transformers.CLIPConfig(
         projection_dim=256,
@@ -112,7 +118,7 @@ def main() -> None:
     step_hf = make_step(lambda: hf(input_ids=ids, pixel_values=images, return_loss=True).loss, opt_hf)
 
     rows = []
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         enabled = precision == "bf16"
         contestants = [("cliplab", step_ours), ("hf", step_hf)]
         if compiled is not None:
