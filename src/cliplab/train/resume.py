@@ -1,0 +1,93 @@
+"""Resuming a run: which checkpoint to continue from, and restoring the model, optimizer, scaler, RNG and
+data position from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cliplab.config import CLIPConfig
+from cliplab.errors import CliplabError
+from cliplab.train.config import TrainConfig
+from cliplab.train.state import load_trainer_state, resolve_run_dir, set_rng_state
+from cliplab.train.step import unwrap
+
+__all__ = ["Position", "restore", "resume_checkpoint"]
+
+
+def _holds_checkpoints(ckpts: Path) -> bool:
+    return ckpts.is_dir() and any(p.is_dir() for p in ckpts.glob("step-*"))
+
+
+def resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | None:
+    """The checkpoint to resume from (``--resume latest``, a run folder or a checkpoint folder), or ``None``
+    for a fresh start, which an output folder already holding checkpoints refuses."""
+    from cliplab.checkpoint import is_native
+
+    if cfg.resume == "latest":
+        found = resolve_run_dir(run_dir)
+        if found is None and main and (run_dir / "checkpoints").is_dir():
+            print(f"note: no checkpoint in {run_dir} yet: starting from scratch", flush=True)
+        return found
+    ckpts = run_dir / "checkpoints"
+    if cfg.resume:
+        path = Path(cfg.resume)
+        found = path if is_native(path) else resolve_run_dir(path)
+        if found is None:
+            raise CliplabError(f"--resume {cfg.resume}: no such checkpoint (nor a run folder with one)")
+        if found.resolve().parent != ckpts.resolve() and _holds_checkpoints(ckpts):
+            raise CliplabError(f"{run_dir}: already holds another run's checkpoints; give a new --output to "
+                               f"continue from {found}")
+        return found
+    if _holds_checkpoints(ckpts):
+        raise CliplabError(f"{run_dir}: already holds a run's checkpoints; --resume latest continues it, "
+                           "or give another --output")
+    return None
+
+
+@dataclass
+class Position:
+    """Where a run stands: its step, planned total, batches drawn from the stream (skipped ones included),
+    bad samples so far, and this rank's position in a sharded stream."""
+
+    step: int = 0
+    total: int | None = None
+    drawn: int = 0
+    bad_samples: int = 0
+    dropped: int = 0  # good pairs left out so that every rank's share of a batch is equal
+    data_position: dict[str, int] | None = None
+
+
+def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, rank: int, world: int,
+             notes: bool) -> Position:
+    """Load model, optimizer, scaler and RNG states from ``resume_from``; the position to go on from."""
+    from cliplab.checkpoint import load_checkpoint, validate_state_dict
+
+    saved_cfg, sd = load_checkpoint(resume_from)
+    if saved_cfg.model != clip_cfg.model:
+        raise CliplabError(f"--resume {resume_from}: its architecture differs from this run's model "
+                           f"({clip_cfg.name or 'given'}); resume with the settings of the run that wrote it")
+    validate_state_dict(clip_cfg, sd, source=f"--resume {resume_from} (for model {clip_cfg.name or 'given'})")
+    unwrap(model).load_state_dict(sd)
+    state = load_trainer_state(resume_from)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError:
+        raise CliplabError(f"--resume {resume_from}: its optimizer state is for other trainable parameters "
+                           "(--lock-image / --lock-text must be as in the run being resumed)") from None
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    step, total = int(state["step"]), int(state["total_steps"])
+    if cfg.steps is not None and cfg.steps != total and not cfg.time_budget_minutes:
+        if notes:
+            print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
+                  "(the learning-rate schedule stretches to the new length)", flush=True)
+        total = cfg.steps
+    set_rng_state(state["rng"])
+    positions = state.get("data_positions") or []
+    return Position(step, total, drawn=int(state.get("batches_drawn", step)),
+                     bad_samples=int(state.get("bad_samples", 0)), dropped=int(state.get("dropped_pairs", 0)),
+                     data_position=positions[rank] if len(positions) == world else None)
