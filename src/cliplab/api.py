@@ -147,29 +147,6 @@ def load(
     return (model, *model_io(model))
 
 
-def _pixels(image: Any, preprocess: Any, i: int) -> torch.Tensor:
-    """One ``classify`` input as a preprocessed tensor (3, S, S): a tensor as it is, a PIL image, a file path,
-    or an (H, W[, C]) uint8 array."""
-    import numpy as np
-    from PIL import Image
-
-    from cliplab.transforms import load_image
-
-    if torch.is_tensor(image):
-        return image
-    if isinstance(image, str | os.PathLike):
-        image = load_image(image)
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise CliplabError(f"classify: image {i} is a {image.dtype} array of shape {image.shape}; give "
-                               "(H, W) or (H, W, C) uint8")
-        image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
-        raise CliplabError(f"classify: image {i} is a {type(image).__name__}; give PIL images, file paths, "
-                           "uint8 arrays or preprocessed tensors")
-    return preprocess(image)
-
-
 def model_io(model: CLIP) -> tuple[Any, Any]:
     """``(preprocess, tokenizer)`` of the checkpoint ``model`` was loaded from; for a model made with
     :func:`create_model`, OpenAI's statistics at its input size and OpenAI's tokenizer."""
@@ -199,6 +176,7 @@ def classify(
     made with ``create_model``: OpenAI's statistics and tokenizer).
     """
     from cliplab.eval.zeroshot import zero_shot_classifier
+    from cliplab.transforms import as_pixels
 
     if isinstance(labels, str):
         raise CliplabError(f"classify: labels must be a list of strings, not the string {labels!r}")
@@ -218,7 +196,8 @@ def classify(
         templates = [templates]
     device = next(model.parameters()).device
     classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=device)  # (D, C)
-    pixels = torch.stack([_pixels(im, preprocess, i) for i, im in enumerate(images)]).to(device)  # (N, 3, S, S)
+    pixels = torch.stack([as_pixels(im, preprocess, f"classify: image {i}")  # (N, 3, S, S)
+                          for i, im in enumerate(images)]).to(device)
     feats = model.encode_image(pixels, normalize=True)  # (N, D)
     probs = (model.scale() * feats @ classifier.to(feats.dtype)).softmax(dim=-1)  # (N, C)
     k = len(labels) if top_k is None else min(top_k, len(labels))

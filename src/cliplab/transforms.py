@@ -27,7 +27,7 @@ import io
 import math
 import os
 import warnings
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cliplab.config import PreprocessConfig
 from cliplab.errors import CliplabError
 
-__all__ = ["ImageError", "Preprocess", "TrainTransform", "image_transform", "load_image", "to_tensor"]
+__all__ = ["ImageError", "Preprocess", "TrainTransform", "as_pixels", "image_transform", "load_image",
+           "to_tensor"]
 
 MAX_PIXELS = 178_956_970  # Pillow's own default bomb limit
 ORIENTATION = 0x0112  # the EXIF tag
@@ -196,3 +197,21 @@ class TrainTransform:
 
 def image_transform(cfg: PreprocessConfig, train: bool = False) -> Preprocess | TrainTransform:
     return TrainTransform(cfg) if train else Preprocess(cfg)
+
+
+def as_pixels(image: Any, preprocess: Any, where: str = "image") -> torch.Tensor:
+    """One model input as a preprocessed tensor (3, S, S): a tensor as it is, a PIL image, a file path, or an
+    (H, W[, C]) uint8 array; ``where`` names the input in the error for anything else."""
+    if torch.is_tensor(image):
+        return image
+    if isinstance(image, str | os.PathLike):
+        image = load_image(image)
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise CliplabError(f"{where} is a {image.dtype} array of shape {image.shape}; give (H, W) or "
+                               "(H, W, C) uint8")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise CliplabError(f"{where} is a {type(image).__name__}; give PIL images, file paths, uint8 arrays or "
+                           "preprocessed tensors")
+    return preprocess(image)

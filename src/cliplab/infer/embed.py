@@ -68,7 +68,7 @@ def embed_images(images: Sequence[Any], model: Any, preprocess: Any = None, batc
     :class:`cliplab.transforms.ImageError` naming the file; use :func:`embed_collection` to skip and count
     them instead.
     """
-    from cliplab.transforms import load_image
+    from cliplab.transforms import as_pixels
 
     if preprocess is None:
         from cliplab.api import model_io
@@ -78,10 +78,8 @@ def embed_images(images: Sequence[Any], model: Any, preprocess: Any = None, batc
     out = []
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
-        pixels = torch.stack([
-            im if torch.is_tensor(im) else preprocess(load_image(im) if isinstance(im, str | Path) else im)
-            for im in chunk
-        ]).to(device)  # (B, 3, S, S)
+        pixels = torch.stack([as_pixels(im, preprocess, f"embed_images: image {i + j}")
+                              for j, im in enumerate(chunk)]).to(device)  # (B, 3, S, S)
         with autocast(device, precision):
             out.append(model.encode_image(pixels, normalize=normalize).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
