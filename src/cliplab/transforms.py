@@ -37,7 +37,7 @@ from cliplab.config import PreprocessConfig
 from cliplab.errors import CliplabError
 
 __all__ = ["ImageError", "Preprocess", "TrainTransform", "as_pixels", "image_transform", "load_image",
-           "to_tensor"]
+           "to_tensor", "to_tensors"]
 
 MAX_PIXELS = 178_956_970  # Pillow's own default bomb limit
 ORIENTATION = 0x0112  # the EXIF tag
@@ -101,6 +101,15 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
     return x.sub_(m).div_(s)
 
 
+def to_tensors(imgs: list[Image.Image], mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Same-size RGB PIL images → (B, 3, H, W), each row exactly :func:`to_tensor` of its image, in one pass."""
+    x = torch.from_numpy(np.stack([np.asarray(img, dtype=np.uint8) for img in imgs]))  # (B, H, W, 3)
+    x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)  # (B, 3, H, W)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
 def _resize_short(img: Image.Image, n: int, resample: int) -> Image.Image:
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
@@ -141,13 +150,20 @@ class Preprocess:
         self.resample = _RESAMPLE[cfg.interpolation]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        return to_tensor(self._fit(img), self.cfg.mean, self.cfg.std)
+
+    def stack(self, imgs: list[Image.Image]) -> torch.Tensor:
+        """``torch.stack([self(img) for img in imgs])``, normalised in one pass: (B, 3, S, S)."""
+        return to_tensors([self._fit(img) for img in imgs], self.cfg.mean, self.cfg.std)
+
+    def _fit(self, img: Image.Image) -> Image.Image:
         n = self.cfg.image_size
         img = _upright(img)
         if self.cfg.resize_mode == "squash":
             img = img.resize((n, n), self.resample)
         else:
             img = _center_crop(_resize_short(img, n, self.resample), n)
-        return to_tensor(_rgb(img), self.cfg.mean, self.cfg.std)
+        return _rgb(img)
 
     def __repr__(self) -> str:
         return f"Preprocess({self.cfg})"
@@ -186,13 +202,20 @@ class TrainTransform:
         return (width - w) // 2, (height - h) // 2, w, h
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return to_tensor(self._crop(img, generator), self.cfg.mean, self.cfg.std)
+
+    def stack(self, imgs: list[Image.Image], generator: torch.Generator | None = None) -> torch.Tensor:
+        """``torch.stack([self(img, generator) for img in imgs])`` (the same draws, in the same order),
+        normalised in one pass: (B, 3, S, S)."""
+        return to_tensors([self._crop(img, generator) for img in imgs], self.cfg.mean, self.cfg.std)
+
+    def _crop(self, img: Image.Image, generator: torch.Generator | None) -> Image.Image:
         img = _rgb(_upright(img))  # augmentation resamples in RGB (better than resampling palette indices)
         left, top, w, h = self.crop_box(*img.size, generator=generator)
         n = self.cfg.image_size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = img.resize((n, n), self.resample, box=(left, top, left + w, top + h))
-        return to_tensor(img, self.cfg.mean, self.cfg.std)
+            return img.resize((n, n), self.resample, box=(left, top, left + w, top + h))
 
 
 def image_transform(cfg: PreprocessConfig, train: bool = False) -> Preprocess | TrainTransform:

@@ -170,3 +170,18 @@ def test_thin_strip_is_refused_before_resizing():
     with pytest.raises(ImageError, match=r"100000x1 image: its short side scaled to 224 .* over the limit"):
         Preprocess(PreprocessConfig(image_size=224))(strip)
     assert Preprocess(PreprocessConfig(image_size=224))(Image.new("RGB", (1000, 10))).shape == (3, 224, 224)
+
+
+def test_stack_equals_per_image_calls():
+    """``stack`` normalises a batch in one pass; each row must be exactly the per-image result, and the
+    augmentation must make the same draws in the same order."""
+    imgs = [_image(w, h, mode) for (w, h), mode in zip(SIZES[:7], MODES, strict=True)]
+    pre = Preprocess(PreprocessConfig(image_size=24))
+    assert torch.equal(pre.stack(imgs), torch.stack([pre(img) for img in imgs]))
+    aug = TrainTransform(PreprocessConfig(image_size=24))
+    one = torch.stack([aug(img, generator=torch.Generator().manual_seed(3)) for img in imgs[:1]])
+    g = torch.Generator().manual_seed(3)
+    per_image = torch.stack([aug(img, generator=g) for img in imgs])
+    batched = aug.stack(imgs, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(batched, per_image) and torch.equal(batched[:1], one)
+    assert batched.shape == (7, 3, 24, 24) and batched.is_contiguous()

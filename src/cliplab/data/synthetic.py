@@ -10,6 +10,7 @@ so streams split across workers and ranks without duplicates and resume exactly.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -69,44 +70,81 @@ class Scene:
     extras: dict = field(default_factory=dict)
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    def ring(k: int, radii: list[float], phase: float) -> list[tuple[float, float]]:
-        return [(cx + radii[i % len(radii)] * r * math.cos(phase + 2 * math.pi * i / k),
-                 cy + radii[i % len(radii)] * r * math.sin(phase + 2 * math.pi * i / k)) for i in range(k)]
-
-    if shape == "square":
-        return ring(4, [1.2], math.pi / 4)
-    if shape == "diamond":
-        return [(cx, cy - 1.15 * r), (cx + 0.75 * r, cy), (cx, cy + 1.15 * r), (cx - 0.75 * r, cy)]
-    if shape == "triangle":
-        return ring(3, [1.15], -math.pi / 2)
-    if shape == "star":
-        return ring(10, [1.2, 0.5], -math.pi / 2)
-    if shape == "cross":
-        a, b = 0.35 * r, 1.05 * r
-        return [(cx - a, cy - b), (cx + a, cy - b), (cx + a, cy - a), (cx + b, cy - a), (cx + b, cy + a),
-                (cx + a, cy + a), (cx + a, cy + b), (cx - a, cy + b), (cx - a, cy + a), (cx - b, cy + a),
-                (cx - b, cy - a), (cx - a, cy - a)]
-    if shape == "heart":
-        pts = []
-        for i in range(40):
-            t = 2 * math.pi * i / 40
-            x = 16 * math.sin(t) ** 3
-            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
-            pts.append((cx + x / 16 * 1.1 * r, cy - (y + 2) / 16 * 1.1 * r))
-        return pts
-    raise ValueError(shape)
+def _unit_ring(k: int, radii: list[float], phase: float) -> tuple[tuple[float, float], ...]:
+    return tuple((radii[i % len(radii)] * math.cos(phase + 2 * math.pi * i / k),
+                  radii[i % len(radii)] * math.sin(phase + 2 * math.pi * i / k)) for i in range(k))
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, int], cx: float, cy: float, r: float,
-          bg: tuple[int, int, int]) -> None:
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-    elif shape == "ring":
-        draw.ellipse([cx - 1.1 * r, cy - 1.1 * r, cx + 1.1 * r, cy + 1.1 * r], fill=colour)
-        draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=bg)
+def _unit_heart(n: int = 40) -> tuple[tuple[float, float], ...]:
+    pts = []
+    for i in range(n):
+        t = 2 * math.pi * i / n
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        pts.append((x / 16 * 1.1, -(y + 2) / 16 * 1.1))
+    return tuple(pts)
+
+
+_A, _B = 0.35, 1.05  # the cross's half arm width and half length, in radii
+_UNIT_POLYGONS = {  # vertices in units of the radius, around the centre
+    "square": _unit_ring(4, [1.2], math.pi / 4),
+    "diamond": ((0, -1.15), (0.75, 0), (0, 1.15), (-0.75, 0)),
+    "triangle": _unit_ring(3, [1.15], -math.pi / 2),
+    "star": _unit_ring(10, [1.2, 0.5], -math.pi / 2),
+    "cross": ((-_A, -_B), (_A, -_B), (_A, -_A), (_B, -_A), (_B, _A), (_A, _A), (_A, _B), (-_A, _B), (-_A, _A),
+              (-_B, _A), (-_B, -_A), (-_A, -_A)),
+    "heart": _unit_heart(),
+}
+
+
+def _margin(r: float) -> int:
+    return math.ceil(1.25 * r) + 1  # every shape stays within 1.2 radii of its centre
+
+
+@functools.lru_cache(maxsize=1024)
+def _stencil(shape: str, r: float, px: int, py: int, k: int) -> np.ndarray:
+    """The coverage of a shape drawn sharp on a grid ``k`` times finer than the output, box-averaged down:
+    (h, w) float32 in [0, 1]. Its centre lies ``_margin(r) + (px, py)`` fine pixels from the top-left corner
+    (the phases ``px, py < k`` are where that corner falls inside an output pixel)."""
+    m = _margin(r)
+    cx, cy = m + px, m + py
+    w, h = -(-(px + 2 * m + 1) // k) * k, -(-(py + 2 * m + 1) // k) * k  # whole output pixels
+    mask = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(mask)
+    if shape in ("circle", "ring"):
+        f = 1.1 if shape == "ring" else 1.0
+        draw.ellipse([cx - f * r, cy - f * r, cx + f * r, cy + f * r], fill=255)
+        if shape == "ring":
+            draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r), fill=colour)
+        draw.polygon([(cx + u * r, cy + v * r) for u, v in _UNIT_POLYGONS[shape]], fill=255)
+    if k > 1:
+        mask = mask.resize((w // k, h // k), Image.BOX)
+    cover = np.asarray(mask, dtype=np.float32) * (1 / 255)
+    cover.flags.writeable = False
+    return cover
+
+
+def _coverage(shape: str, cx: float, cy: float, r: float, size: int, out: int) -> np.ndarray:
+    """The share of each of ``out × out`` pixels that the shape covers, (out, out) float32 in [0, 1], for a
+    shape drawn sharp on the ``size × size`` supersampled grid (its centre rounded to that grid)."""
+    k, m = size // out, _margin(r)
+    x0, y0 = round(cx) - m, round(cy) - m  # the sharp shape's top-left corner on the fine grid
+    cover = _stencil(shape, r, x0 % k, y0 % k, k)
+    qx, qy = x0 // k, y0 // k  # ... and the output pixel holding it
+    canvas = np.zeros((out, out), np.float32)
+    top, left = max(qy, 0), max(qx, 0)
+    bottom, right = min(qy + cover.shape[0], out), min(qx + cover.shape[1], out)
+    if bottom > top and right > left:
+        canvas[top:bottom, left:right] = cover[top - qy:bottom - qy, left - qx:right - qx]
+    return canvas
+
+
+def _paint(arr: np.ndarray, shape: str, colour: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+    """``arr`` (n, n, 3) float32 with the shape laid over it, edges anti-aliased by their coverage."""
+    cover = _coverage(shape, cx, cy, r, size, arr.shape[0])[:, :, None]  # (n, n, 1)
+    arr += cover * (np.asarray(COLOURS[colour], np.float32) - arr)
+    return arr
 
 
 class SyntheticWorld:
@@ -133,28 +171,25 @@ class SyntheticWorld:
     def _pairs(self, split: str) -> list[tuple[str, str]]:
         return {"train": self._seen, "heldout": self._held, "all": self._all}[split]
 
-    def _background(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """A (size, size, 3) background, drawn at the output resolution and repeated up to ``size``: the
-        final box downsampling gives that output back, and the work is ``supersample²`` times smaller."""
-        k = self.cfg.supersample
-        arr, fill = self._background_small(rng, size // k)
-        return np.repeat(np.repeat(arr, k, axis=0), k, axis=1), fill
-
-    def _background_small(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
-        base = rng.integers(60, 190, 3)
+    def _background(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """A (size, size, 3) float32 background at the output resolution, desaturated (60 % colour, 40 %
+        grey) so that objects keep the only strong colours."""
+        base = rng.integers(60, 190, 3).astype(np.float32)
+        grey = 0.4 * base.mean()
         kind = rng.integers(3)
+        arr = np.empty((size, size, 3), np.float32)
         if kind == 0:
-            arr = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+            arr[:] = 0.6 * base + grey
         elif kind == 1:
-            other = rng.integers(60, 190, 3)
-            t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-            arr = (base * (1 - t) + other * t) * np.ones((1, size, 1), np.float32)
-            arr = arr if rng.random() < 0.5 else arr.transpose(1, 0, 2)
+            other = rng.integers(60, 190, 3).astype(np.float32)
+            t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]  # (size, 1, 1)
+            arr[:] = 0.6 * (base * (1 - t) + other * t) + grey  # a vertical gradient ...
+            if rng.random() >= 0.5:
+                arr = arr.transpose(1, 0, 2).copy()  # ... or a horizontal one
         else:
-            arr = base + rng.normal(0, 9, (size, size, 3))
-        grey = base.mean()
-        arr = 0.6 * arr + 0.4 * grey  # desaturate: objects keep the only strong colours
-        return np.clip(arr, 0, 255).astype(np.uint8), tuple(int(v) for v in np.clip(base * 0.6 + 0.4 * grey, 0, 255))
+            noise = rng.standard_normal((size, size, 3), dtype=np.float32)
+            np.clip(0.6 * (base + 9 * noise) + grey, 0, 255, out=arr)
+        return arr
 
     def sample(self, rng: np.random.Generator, split: str = "train", two_objects: bool | None = None,
                pair: tuple[str, str] | None = None) -> Scene:
@@ -162,10 +197,8 @@ class SyntheticWorld:
         cfg = self.cfg
         pairs = self._pairs(split)
         colour, shape = pair if pair is not None else pairs[rng.integers(len(pairs))]
-        ss = cfg.image_size * cfg.supersample
-        bg_arr, bg = self._background(rng, ss)
-        img = Image.fromarray(bg_arr)
-        draw = ImageDraw.Draw(img)
+        n, ss = cfg.image_size, cfg.image_size * cfg.supersample  # output and drawing resolutions
+        arr = self._background(rng, n)  # (n, n, 3)
         two = (rng.random() < cfg.two_object_prob) if two_objects is None else two_objects
         size = "large" if rng.random() < 0.5 else "small"
         radius = (0.34 if size == "large" else 0.26) * ss
@@ -181,7 +214,7 @@ class SyntheticWorld:
             r = 0.21 * ss
             for (c, s), pos in (((colour, shape), first_pos), (second, second_pos)):
                 px, py = POSITIONS[pos]
-                _draw(draw, s, COLOURS[c], px * ss, py * ss, r, bg)
+                arr = _paint(arr, s, c, px * ss, py * ss, r, ss)
             relation = {"left": "left of", "right": "right of", "top": "above", "bottom": "below"}[first_pos]
             caption = f"a {colour} {shape} {relation} a {second[0]} {second[1]}"
             pos = first_pos
@@ -192,7 +225,7 @@ class SyntheticWorld:
             px, py = px * ss + jitter[0], py * ss + jitter[1]
             if pos != "centre":  # keep the object inside the frame
                 px, py = (0.5 * ss + (px - 0.5 * ss) * 0.55), (0.5 * ss + (py - 0.5 * ss) * 0.55)
-            _draw(draw, shape, COLOURS[colour], px, py, radius, bg)
+            arr = _paint(arr, shape, colour, px, py, radius, ss)
             u = rng.random()
             if u < cfg.full_caption_prob:
                 template = FULL[rng.integers(len(FULL))]
@@ -201,7 +234,7 @@ class SyntheticWorld:
             else:
                 template = SHAPE_ONLY[rng.integers(len(SHAPE_ONLY))]
             caption = template.format(size=size, colour=colour, shape=shape, pos=pos)
-        image = img.resize((cfg.image_size, cfg.image_size), Image.BOX)
+        image = Image.fromarray(np.rint(arr).astype(np.uint8))
         return Scene(image, caption, colour, shape, second, {"size": size, "position": pos})
 
     def rng(self, stream: int, index: int) -> np.random.Generator:
@@ -227,11 +260,13 @@ class SyntheticDataset(IterableDataset):
         stream = self.seed * 1_000_003 + self.rank
         scenes = [self.world.sample(self.world.rng(stream, b * self.batch_size + i), self.split)
                   for i in range(self.batch_size)]
+        pil = [s.image for s in scenes]
+        stack = getattr(self.transform, "stack", None) or (lambda imgs, **kw: torch.stack(
+            [self.transform(img, **kw) for img in imgs]))  # any per-image callable
         if getattr(self.transform, "random", False):  # augmentation drawn from (seed, rank, batch): resumable
-            gen = torch.Generator().manual_seed(stream * 1_000_003 + b)
-            images = torch.stack([self.transform(s.image, generator=gen) for s in scenes])  # (B, 3, S, S)
+            images = stack(pil, generator=torch.Generator().manual_seed(stream * 1_000_003 + b))  # (B, 3, S, S)
         else:
-            images = torch.stack([self.transform(s.image) for s in scenes])  # (B, 3, S, S)
+            images = stack(pil)  # (B, 3, S, S)
         texts = self.tokenizer([s.caption for s in scenes], truncate=True)  # (B, L)
         return Batch(images, texts)
 

@@ -2,10 +2,12 @@ import csv
 import tarfile
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from cliplab.data.synthetic import (
+    SHAPES,
     SyntheticDataset,
     SyntheticWorld,
     WorldConfig,
@@ -90,3 +92,34 @@ def test_writers(tmp_path):
         assert sorted(n.rsplit(".", 1)[1] for n in tf.getnames()) == ["png", "png", "txt", "txt"]
     out = write_classification_folder(w, 1, tmp_path / "cls", split="heldout")
     assert len(list(out.iterdir())) == 8
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cached_coverage_equals_drawing_the_whole_frame(shape):
+    """Shapes are drawn once per (shape, radius, sub-pixel phase) and placed; that must equal drawing the
+    shape sharp on the whole supersampled frame and box-averaging it, anywhere, edges included. (The frame
+    is drawn with a margin and cropped: Pillow draws an ellipse cut by the image's edge a little differently
+    from the same ellipse whole.)"""
+    from PIL import Image, ImageDraw
+
+    from cliplab.data.synthetic import _UNIT_POLYGONS, _coverage
+
+    size, out, pad = 128, 32, 64
+    rng = np.random.default_rng(0)
+    for r in (26.88, 33.28, 43.52):
+        for cx, cy in [*rng.uniform(-20, 148, (12, 2)), (0.0, 0.0), (127.0, 64.0), (64.4, 63.6)]:
+            x, y = round(cx) + pad, round(cy) + pad
+            frame = Image.new("L", (size + 2 * pad, size + 2 * pad), 0)
+            draw = ImageDraw.Draw(frame)
+            if shape in ("circle", "ring"):
+                f = 1.1 if shape == "ring" else 1.0
+                draw.ellipse([x - f * r, y - f * r, x + f * r, y + f * r], fill=255)
+                if shape == "ring":
+                    draw.ellipse([x - 0.55 * r, y - 0.55 * r, x + 0.55 * r, y + 0.55 * r], fill=0)
+            else:
+                draw.polygon([(x + u * r, y + v * r) for u, v in _UNIT_POLYGONS[shape]], fill=255)
+            frame = frame.crop((pad, pad, pad + size, pad + size))
+            want = np.asarray(frame.resize((out, out), Image.BOX))  # (out, out) uint8
+            got = _coverage(shape, cx, cy, r, size, out)
+            assert got.shape == (out, out)
+            np.testing.assert_array_equal(np.rint(got * 255), want, err_msg=f"{shape} r={r} at ({cx}, {cy})")
