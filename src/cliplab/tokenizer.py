@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -191,9 +192,12 @@ class Tokenizer:
         return [a.tolist() for a in np.split(flat, np.cumsum(lens)[:-1])]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of token ids; start, end and padding tokens are skipped."""
-        skip = {0, self.sot_token_id, self.eot_token_id}
-        pieces = [self.backend.id_to_token(int(i)) for i in ids if int(i) not in skip]
+        """Text of token ids up to the first end-of-text (the padding after it is skipped; id 0 before it is
+        the token ``!``); start-of-text tokens are skipped."""
+        ids = [int(i) for i in ids]
+        if self.eot_token_id in ids:
+            ids = ids[: ids.index(self.eot_token_id)]
+        pieces = [self.backend.id_to_token(i) for i in ids if i != self.sot_token_id]
         text = "".join(p for p in pieces if p is not None).replace("</w>", " ")
         raw = bytearray(self._byte_decoder.get(c, ord(" ")) if c != " " else 32 for c in text)
         return raw.decode("utf-8", errors="replace").strip()
@@ -205,7 +209,7 @@ class Tokenizer:
             texts = [texts]
         if len(texts) == 0:
             raise TokenizerError("nothing to tokenize: the list of texts is empty")
-        n_ctx = context_length or self.context_length
+        n_ctx = self.context_length if context_length is None else context_length
         if n_ctx < 2:
             raise TokenizerError(f"context_length {n_ctx}: needs at least 2 positions (start and end of text)")
         flat, lens = self._encode_flat(texts)
@@ -257,23 +261,44 @@ def train_bpe(
 ) -> Tokenizer:
     """Learn a byte-level BPE vocabulary on captions (same cleaning and pre-tokenisation as OpenAI's).
 
-    Id 0 stays the padding id: the byte alphabet comes first, and the start/end tokens are the last two
-    ids. With ``output`` the tokenizer is saved (atomically) as one JSON file for :func:`get_tokenizer`.
+    The layout is OpenAI's: the 256 byte symbols, the same 256 ending a word (``</w>``), the learned merges
+    in priority order, then the start/end tokens as the last two ids. With every byte present in both forms,
+    no text is ever dropped, whatever characters it holds. With ``output`` the tokenizer is saved
+    (atomically) as one JSON file for :func:`get_tokenizer`.
     """
-    if vocab_size < 256 + 2:
-        raise TokenizerError(f"vocab_size {vocab_size} is too small: the byte alphabet alone needs 256 + 2")
-    backend = _RustTokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=None))
+    base = 2 * 256 + 2
+    if vocab_size < base:
+        raise TokenizerError(f"vocab_size {vocab_size} is too small: the byte alphabet alone needs "
+                             f"2 × 256 + 2 = {base} (each byte, the byte ending a word, start and end)")
+    learner = _RustTokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=None))
+    learner.pre_tokenizer = _pre_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, initial_alphabet=list(_BYTE_CHARS.values()),
+                                  end_of_word_suffix="</w>", show_progress=False)
+    learner.train_from_iterator((clean_text(t) for t in texts), trainer=trainer)
+    backend = _RustTokenizer(models.BPE(*_every_byte_vocab(learner, vocab_size - 2), end_of_word_suffix="</w>",
+                                        unk_token=None))
     backend.pre_tokenizer = _pre_tokenizer()
     backend.decoder = decoders.BPEDecoder(suffix="</w>")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 2,
-        initial_alphabet=sorted(_bytes_to_unicode().values()),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator((clean_text(t) for t in texts), trainer=trainer)
     backend.add_special_tokens([SOT, EOT])
     tok = Tokenizer(backend, context_length)
     if output is not None:
         write_text(output, backend.to_str())
     return tok
+
+
+def _every_byte_vocab(learner: _RustTokenizer, size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The learner's merges (in rank order) over a base of every byte and every word-final byte, cut at
+    ``size`` tokens. (The trainer's own base holds only the word-final bytes its corpus happened to show,
+    and a missing base token is silently dropped by the BPE model.)"""
+    learned = json.loads(learner.to_str())["model"]["merges"]
+    alphabet = list(_BYTE_CHARS.values())
+    vocab = {t: i for i, t in enumerate(alphabet + [c + "</w>" for c in alphabet])}
+    merges = []
+    for m in learned:  # "a b" strings or [a, b] pairs, by the library's version
+        a, b = m.split(" ") if isinstance(m, str) else m
+        if a + b not in vocab:
+            if len(vocab) == size:
+                break
+            vocab[a + b] = len(vocab)
+        merges.append((a, b))
+    return vocab, merges

@@ -128,13 +128,21 @@ def test_empty_list_is_an_error(tok):
 
 def test_decode_round_trip(tok):
     assert tok.decode(tok("A red Circle, left of 3 stars!")[0].tolist()) == "a red circle , left of 3 stars !"
+    ids = tok('!"# x!')[0].tolist()
+    assert ids[1] == 0  # id 0 is the token "!", as well as the padding after the end of text
+    assert tok.decode(ids) == '!"# x !'
+
+
+def test_context_length_zero_is_refused(tok):
+    with pytest.raises(TokenizerError, match="context_length 0"):
+        tok("a cat", context_length=0)
 
 
 def test_train_bpe_save_load(tmp_path):
     captions = [f"a {c} {s} on the {p}" for c in ("red", "green", "blue") for s in ("circle", "star")
                 for p in ("left", "right")] * 5
-    tok = train_bpe(captions, vocab_size=300, output=tmp_path / "tok.json", context_length=16)
-    assert tok.vocab_size <= 300 and tok.eot_token_id == tok.vocab_size - 1
+    tok = train_bpe(captions, vocab_size=600, output=tmp_path / "tok.json", context_length=16)
+    assert 514 < tok.vocab_size <= 600 and tok.eot_token_id == tok.vocab_size - 1
     again = get_tokenizer(TokenizerConfig(kind="bpe", vocab="tok.json", context_length=16), root=tmp_path)
     ids = again(["a red circle on the left"])
     assert torch.equal(ids, tok(["a red circle on the left"]))
@@ -142,3 +150,16 @@ def test_train_bpe_save_load(tmp_path):
     assert again.decode(ids[0].tolist()) == "a red circle on the left"
     with pytest.raises(TokenizerError, match=r"missing\.json"):
         get_tokenizer(TokenizerConfig(kind="bpe", vocab="missing.json"), root=tmp_path)
+
+
+def test_learned_bpe_never_drops_a_character():
+    """The learned vocabulary holds every byte, also as the end of a word, as OpenAI's does: characters the
+    corpus never showed (or never showed at the end of a word) still come back from decode."""
+    tok = train_bpe(["a red circle", "a blue square"] * 3, vocab_size=530)
+    assert tok.vocab_size <= 530 and tok.encode("a red circle") == [tok.backend.token_to_id("a</w>"),
+                                                                     tok.backend.token_to_id("red</w>"),
+                                                                     tok.backend.token_to_id("circle</w>")]
+    for text in ("q", "x y z", "7 9", "a green star", "a pink hexagon", "caf\u00e9 \U0001f600 \u732b !"):
+        assert tok.decode(tok.encode(text)) == " ".join(text.split()), text
+    with pytest.raises(TokenizerError, match="514"):
+        train_bpe(["a b"], vocab_size=513)
