@@ -8,6 +8,7 @@ The folder it writes is everything a non-Python service needs: ``image_encoder.o
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import warnings
@@ -64,18 +65,23 @@ def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], r
     """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and ``config.json`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
+    caller, was_training = model, model.training
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()  # the caller's model keeps its dtype and device
+    model.eval()  # inference: dropout off, and the logit scale as stored (its training-time cap off)
     s = cfg.model.vision.image_size
     pixels = torch.randn(2, 3, s, s)  # (N, 3, S, S)
     ids = torch.zeros(2, cfg.model.text.context_length, dtype=torch.long)  # (N, L)
     ids[:, 0], ids[:, 3] = 1, cfg.model.text.eot_token_id
-    try:
-        _export(_ImageEncoder(model), pixels, out / "image_encoder.onnx", "pixel_values", "image_embeds")
-        _export(_TextEncoder(model), ids, out / "text_encoder.onnx", "input_ids", "text_embeds")
+    try:  # the wrappers are in eval mode too: the exporter restores their mode, and so the model's, after
+        _export(_ImageEncoder(model).eval(), pixels, out / "image_encoder.onnx", "pixel_values", "image_embeds")
+        _export(_TextEncoder(model).eval(), ids, out / "text_encoder.onnx", "input_ids", "text_embeds")
     except Exception as err:  # the exporter's own errors are long; keep the user's line short
         raise CliplabError(f"ONNX export failed: {str(err).splitlines()[0]}") from err
+    finally:
+        caller.train(was_training)
     meta = to_dict(cfg)
-    meta["logit_scale"] = float(model.scale())
+    meta["logit_scale"] = float(model.logit_scale.exp())  # uncapped, as the model computes at inference
     meta["logit_bias"] = None if model.logit_bias is None else float(model.logit_bias)
     if cfg.tokenizer.vocab and root is not None:
         with atomic_path(out / cfg.tokenizer.vocab) as tmp:

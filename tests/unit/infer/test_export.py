@@ -39,3 +39,18 @@ def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path, arch):
     assert meta["preprocess"]["image_size"] == s
     assert meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
     assert meta["logit_bias"] is None  # a CLIP-trained model; a SigLIP one stores its bias here
+
+
+def test_onnx_export_records_the_inference_scale_and_leaves_the_model_alone(tmp_path):
+    """A scale above the training cap (HF's logit_scale_init_value 5.5 gives 244.7) is recorded as the model
+    uses it at inference; the caller's model keeps its mode and dtype."""
+    from cliplab.infer.export import export_onnx
+
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
+    model = create_model(cfg.model).to(torch.bfloat16).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(5.5)
+    export_onnx(model, cfg, tmp_path / "onnx")
+    meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert meta["logit_scale"] == pytest.approx(float(torch.tensor(5.5, dtype=torch.bfloat16).float().exp()))
+    assert model.training and model.logit_scale.dtype == torch.bfloat16
