@@ -33,7 +33,7 @@ def is_plain(text: str) -> bool:
 def plain_mask(texts: Sequence[str]) -> list[bool]:
     """:func:`is_plain` of every text, in one vectorised pass over their code points."""
     lens = np.fromiter(map(len, texts), np.int64, count=len(texts))
-    codes = np.frombuffer("\n".join(texts).encode("utf-32-le"), np.uint32)  # (sum(lens) + N - 1,)
+    codes = np.frombuffer("\n".join(texts).encode("utf-32-le", "surrogatepass"), np.uint32)  # (sum(lens) + N - 1,)
     bad = np.flatnonzero((codes >= 128) | _NOT_PLAIN[codes & 127])  # positions of non-plain characters
     ends = np.cumsum(lens + 1)  # (N,) one past each text's separator
     mask = np.ones(len(texts), dtype=bool)

@@ -17,6 +17,8 @@ CORPUS = [
     "\x00control\x07chars", "mojibake: cafÃ©", "“curly quotes” ‘single’", "Ünïcödé ÑOÑO", "x" * 300, "", "   ",
     "<|startoftext|> hi", "hello <|endoftext|> world", "a-b_c/d\\e", "Привет мир", "مرحبا بالعالم",
     "🏳️‍🌈 flag", "100% off!!! $$$", "word " * 100, "İstanbul ΣΊΣΥΦΟΣ", "e\u0301 combining", "\u3000wide space",
+    # lone and paired surrogates: JSON "\ud800" escapes, and undecodable bytes in argv (surrogateescape)
+    "a\ud800", "\ud83d\ude00", "x \udfff y", "caf\udce9",
 ]
 
 
