@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pairs(args: argparse.Namespace, skipped: list[str]) -> Iterator[tuple[Path, str]]:
     from cliplab.data.csv import read_rows
     from cliplab.data.folder import list_images
+    from cliplab.data.shards import member_key
 
     src = Path(args.input)
     if src.is_dir():
@@ -45,6 +46,8 @@ def _pairs(args: argparse.Namespace, skipped: list[str]) -> Iterator[tuple[Path,
             skipped.append(f"{src}:{line}: image {image!r} not found")
         elif not caption.strip():
             skipped.append(f"{src}:{line}: empty caption")
+        elif member_key(path) is None:
+            skipped.append(f"{src}:{line}: {image!r} is not a JPEG, PNG, WebP, BMP, GIF or TIFF image")
         else:
             try:
                 yield path, caption.strip().encode("utf-8").decode("utf-8")

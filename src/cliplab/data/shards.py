@@ -23,6 +23,7 @@ from pathlib import Path
 import braceexpand
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import IterableDataset
 
 from cliplab.data.batch import BadSample
@@ -31,10 +32,25 @@ from cliplab.data.samples import Tokenizer, Transform, make_pair
 from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.fileio import atomic_path
 
-__all__ = ["ShardDataset", "expand_urls", "write_shards"]
+__all__ = ["ShardDataset", "expand_urls", "member_key", "write_shards"]
 
 IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # what a folder of images may hold
 TEXT_FIELDS = ("caption", "text", "title")
+_FORMAT_KEYS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tiff"}
+
+
+def member_key(path: str | os.PathLike[str]) -> str | None:
+    """The tar member suffix an image file is stored under: its extension where the readers know it, else
+    its format read from the file's header (a file without extension, a ``.jfif``); None if neither works."""
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    if ext in IMAGE_KEYS:
+        return "jpg" if ext == "jpeg" else ext
+    try:
+        with Image.open(path) as img:
+            return _FORMAT_KEYS.get(img.format)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def expand_urls(pattern: str | Iterable[str]) -> list[str]:
@@ -173,7 +189,7 @@ def write_shards(
 ) -> list[Path]:
     """Write (image file, caption) pairs into ``out_dir/{prefix}00000.tar``...; each shard appears atomically.
 
-    Image bytes are stored as they are (no re-encoding); the member suffix follows the file's extension.
+    Image bytes are stored as they are (no re-encoding), under the suffix :func:`member_key` gives.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,8 +201,9 @@ def write_shards(
         with atomic_path(target) as tmp, open(tmp, "wb") as fh:
             writer = wds.TarWriter(fh, encoder=False)
             for j, (path, caption) in enumerate(batch):
-                ext = path.suffix.lower().lstrip(".")
-                ext = "jpg" if ext == "jpeg" else ext
+                ext = member_key(path)
+                if ext is None:
+                    raise CliplabError(f"{path}: not a JPEG, PNG, WebP, BMP, GIF or TIFF image")
                 key = f"{len(written):05d}{j:06d}"
                 writer.write({"__key__": key, ext: path.read_bytes(), "txt": caption.encode("utf-8")})
             writer.close()

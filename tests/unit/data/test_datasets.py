@@ -131,6 +131,24 @@ def test_shards_keep_every_image_format_a_folder_holds(tmp_path, transform, toke
     assert len(items) == len(IMAGE_EXTENSIONS) and not any(isinstance(it, BadSample) for it in items)
 
 
+def test_shards_store_images_by_their_format_when_the_name_does_not_say(tmp_path, transform, tokenizer, capsys):
+    img = tmp_path / "img"
+    img.mkdir()
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(img / "noext", format="PNG")
+    Image.new("RGB", (20, 20), (0, 200, 0)).save(img / "photo.jfif", format="JPEG")
+    (img / "notes.xyz").write_text("not an image")
+    (tmp_path / "data.csv").write_text("filepath,title\nimg/noext,red\nimg/photo.jfif,green\nimg/notes.xyz,x\n")
+    assert main(["shards", "--input", str(tmp_path / "data.csv"), "--output", str(tmp_path / "s")]) == 0
+    msg = capsys.readouterr()
+    assert "skipped 1 sample(s)" in msg.out and "data.csv:4" in msg.err and "notes.xyz" in msg.err
+    with tarfile.open(tmp_path / "s" / "00000.tar") as tf:
+        assert sorted(n.rsplit(".", 1)[1] for n in tf.getnames()) == ["jpg", "png", "txt", "txt"]
+    items = list(ShardDataset(str(tmp_path / "s" / "00000.tar"), transform, tokenizer, shuffle_buffer=1))
+    assert len(items) == 2 and not any(isinstance(it, BadSample) for it in items)
+    with pytest.raises(CliplabError, match=r"notes\.xyz: not a JPEG"):
+        write_shards([(img / "notes.xyz", "x")], tmp_path / "t")
+
+
 def test_shards_split_across_ranks_without_duplicates(tmp_path, transform, tokenizer):
     imgs = [_image(tmp_path / "img" / f"{i}.png", colour=(i * 20, 0, 0)) for i in range(8)]
     write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=2)
