@@ -39,6 +39,8 @@ __all__ = [
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TOKENIZER_FILE = "tokenizer.json"  # a learned tokenizer, beside the weights of a run's checkpoints
+RESERVED = (WEIGHTS, CONFIG, "trainer.pt", "train_config.json")  # what a tokenizer copy must not overwrite
 META_KEY = "cliplab_config"
 
 
@@ -74,6 +76,8 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer_file is not None:
         name = cfg.tokenizer.vocab or Path(tokenizer_file).name
+        if name in RESERVED:
+            raise CheckpointError(f"{path}: the tokenizer cannot be stored as {name}, a checkpoint's own file")
         if Path(tokenizer_file).resolve() != (path / name).resolve():
             with atomic_path(path / name) as tmp:
                 shutil.copyfile(tokenizer_file, tmp)

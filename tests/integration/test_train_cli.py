@@ -312,6 +312,25 @@ def test_resume_with_other_settings_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and "--lock-image / --lock-text must be as in the run being resumed" in err
 
 
+def test_unreadable_trainer_state_is_one_line(tmp_path, capsys):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(run)]) == 0
+    state = resolve_run_dir(run) / "trainer.pt"
+    for content in (b"garbage", pickle.dumps(Payload())):
+        state.write_bytes(content)
+        capsys.readouterr()
+        assert main(["train", "--resume", "latest", "--steps", "2", "--output", str(run)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "trainer.pt: cannot read the trainer state" in err[0]
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_resume_is_exact_after_skipped_batches(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -398,6 +417,31 @@ def test_learned_tokenizer_sets_the_text_vocabulary(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--init-from", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 2
     assert "keeps its own" in capsys.readouterr().err
+
+
+def test_learned_tokenizer_is_the_runs_own_copy(tmp_path, capsys):
+    """The checkpoint keeps the tokenizer under its own name (a file called config.json must not overwrite
+    the checkpoint's config); a resumed run reads that copy, and a changed file at the original path is
+    refused."""
+    captions = tmp_path / "captions.txt"
+    captions.write_text("".join(f"a {c} {s}\n" for c in ("red", "green", "blue") for s in ("circle", "star")))
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    (tmp_path / "other.txt").write_text("a purple heart\na yellow ring\n")
+    for name, corpus in (("config.json", captions), ("other.json", tmp_path / "other.txt")):
+        assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "540",
+                     "--output", str(tok_dir / name)]) == 0
+    run = tmp_path / "run"
+    args = ["train", *COMMON, "--tokenizer", str(tok_dir / "config.json"), "--output", str(run)]
+    assert main([*args, "--steps", "2", "--save-every", "1"]) == 0
+    _, _, tokenizer = cliplab.load(run)
+    assert tokenizer.decode(tokenizer(["a red star"])[0].tolist()) == "a red star"
+    (tok_dir / "config.json").unlink()  # moved away: the run goes on with its copy
+    assert main(["train", "--resume", "latest", "--steps", "3", "--output", str(run)]) == 0
+    (tok_dir / "config.json").write_bytes((tok_dir / "other.json").read_bytes())  # another tokenizer there now
+    capsys.readouterr()
+    assert main(["train", "--resume", "latest", "--steps", "4", "--output", str(run)]) == 2
+    assert "differs from the tokenizer the run was trained with" in capsys.readouterr().err
 
 
 def test_run_finishes_without_matplotlib(tmp_path, monkeypatch, capsys):

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cliplab.checkpoint import TOKENIZER_FILE
 from cliplab.config import CLIPConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import autocast
 from cliplab.train.config import TrainConfig, infer_format, to_dict
 from cliplab.train.optim import build_optimizer, lr_at
-from cliplab.train.resume import Position, restore, resume_checkpoint
+from cliplab.train.resume import Position, restore, resume_checkpoint, resumed_tokenizer
 from cliplab.train.state import rng_state, save_run_checkpoint
 from cliplab.train.step import train_step, unwrap
 
@@ -69,7 +70,9 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
 SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's initial log-scale and bias
 
 
-def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, CLIPConfig, Path | None]:
+def _build_model(cfg: TrainConfig, tokenizer: Path | None) -> tuple[torch.nn.Module, CLIPConfig, Path | None]:
+    """The model to train, its config, and the learned tokenizer file it uses (None for OpenAI's), which
+    checkpoints keep a copy of under the name :data:`TOKENIZER_FILE`."""
     if cfg.init_from:
         from cliplab.api import load_model
 
@@ -79,24 +82,27 @@ def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, CLIPConfig, Path | 
             clip_cfg = dataclasses.replace(clip_cfg, model=dataclasses.replace(clip_cfg.model,
                                                                                init_logit_bias=SIGLIP_INIT[1]))
             model.cfg = clip_cfg.model
-        return model, clip_cfg, root
+        if not clip_cfg.tokenizer.vocab:
+            return model, clip_cfg, None
+        tok_file = root / clip_cfg.tokenizer.vocab
+        return model, dataclasses.replace(clip_cfg, tokenizer=dataclasses.replace(
+            clip_cfg.tokenizer, vocab=TOKENIZER_FILE)), tokenizer or tok_file
     from cliplab.model.build import create_model
 
     arch = load_arch(cfg.model)
     if cfg.loss == "siglip" and arch.init_logit_bias is None:
         arch = dataclasses.replace(arch, init_logit_scale=SIGLIP_INIT[0], init_logit_bias=SIGLIP_INIT[1])
     name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
-    if cfg.tokenizer is None:
+    if tokenizer is None:
         return create_model(arch), CLIPConfig.for_model(arch, name=name), None
     from cliplab.tokenizer import get_tokenizer
 
-    path = Path(cfg.tokenizer)
-    tok_cfg = TokenizerConfig("bpe", arch.text.context_length, path.name)
-    tok = get_tokenizer(tok_cfg, root=path.parent)
+    tok = get_tokenizer(TokenizerConfig("bpe", arch.text.context_length, tokenizer.name), root=tokenizer.parent)
     arch = dataclasses.replace(arch, text=dataclasses.replace(arch.text, vocab_size=tok.vocab_size,
                                                               eot_token_id=tok.eot_token_id))
     base = CLIPConfig.for_model(arch, name=name)
-    return create_model(arch), CLIPConfig(arch, base.preprocess, tok_cfg, name), path.parent
+    tok_cfg = TokenizerConfig("bpe", arch.text.context_length, TOKENIZER_FILE)
+    return create_model(arch), CLIPConfig(arch, base.preprocess, tok_cfg, name), tokenizer
 
 
 def _loss_fn(cfg: TrainConfig) -> Callable:
@@ -158,7 +164,11 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     run_dir = Path(cfg.output)
     main = rank == 0
     torch.manual_seed(cfg.seed)
-    model, clip_cfg, root = _build_model(cfg)
+    resume_from = resume_checkpoint(cfg, run_dir, main)
+    tok_file = None if cfg.tokenizer is None else Path(cfg.tokenizer)
+    if resume_from is not None:  # a learned tokenizer: the run's own copy
+        tok_file = resumed_tokenizer(tok_file, resume_from)
+    model, clip_cfg, tok_file = _build_model(cfg, tok_file)
     if cfg.lock_image:
         unwrap(model).lock("image")
     if cfg.lock_text:
@@ -169,11 +179,11 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
-    resume_from = resume_checkpoint(cfg, run_dir, main)
     at = Position(total=cfg.steps) if resume_from is None else restore(
         resume_from, cfg, clip_cfg, model, optimizer, scaler, rank, world, notes=main and progress)
     start, total, drawn, bad_total, dropped = at.step, at.total, at.drawn, at.bad_samples, at.dropped
-    tokenizer = get_tokenizer(clip_cfg.tokenizer, root=root)
+    tokenizer = get_tokenizer(clip_cfg.tokenizer if tok_file is None else dataclasses.replace(
+        clip_cfg.tokenizer, vocab=tok_file.name), root=None if tok_file is None else tok_file.parent)
     transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
                             world_size=world, seed=cfg.seed, start_step=drawn,
@@ -299,7 +309,6 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                          "data_positions": positions if data.position is not None else None, "bad_samples": bad_total,
                          "dropped_pairs": dropped,
                          "batches_drawn": drawn}
-                tok_file = (root / clip_cfg.tokenizer.vocab) if clip_cfg.tokenizer.vocab and root else None
                 last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file,
                                                 train_config={"train": to_dict(cfg), "world_size": world})
     finally:

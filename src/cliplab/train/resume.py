@@ -14,7 +14,7 @@ from cliplab.train.config import TrainConfig
 from cliplab.train.state import load_trainer_state, resolve_run_dir, set_rng_state
 from cliplab.train.step import unwrap
 
-__all__ = ["Position", "restore", "resume_checkpoint"]
+__all__ = ["Position", "restore", "resume_checkpoint", "resumed_tokenizer"]
 
 
 def _holds_checkpoints(ckpts: Path) -> bool:
@@ -45,6 +45,21 @@ def resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | Non
         raise CliplabError(f"{run_dir}: already holds a run's checkpoints; --resume latest continues it, "
                            "or give another --output")
     return None
+
+
+def resumed_tokenizer(given: Path | None, ckpt: Path) -> Path | None:
+    """The learned tokenizer a resumed run goes on with: the copy its checkpoint holds, whatever has become
+    of the file the run was started with. That file, if it is still there, must be the same."""
+    from cliplab.checkpoint import read_config
+
+    vocab = read_config(ckpt).tokenizer.vocab
+    if not vocab or not (ckpt / vocab).is_file():
+        return given
+    copy = ckpt / vocab
+    if given is not None and given.is_file() and given.read_bytes() != copy.read_bytes():
+        raise CliplabError(f"--tokenizer {given}: differs from the tokenizer the run was trained with "
+                           f"({copy}); resume with that one, or start a new run")
+    return copy
 
 
 @dataclass

@@ -100,6 +100,10 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
         return torch.load(ckpt_dir / TRAINER, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CliplabError(f"{ckpt_dir}: no {TRAINER} (a model-only checkpoint cannot resume training)") from None
+    except Exception as err:  # not a torch archive, truncated, or objects beyond plain tensors and containers
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CliplabError(f"{ckpt_dir / TRAINER}: cannot read the trainer state; only tensors and plain "
+                           f"containers are loaded, and this file is not that ({first})") from None
 
 
 def saved_settings(resume: str, output: str) -> dict[str, Any] | None:
