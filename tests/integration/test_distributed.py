@@ -76,3 +76,19 @@ def test_bad_samples_of_every_rank_are_counted(tmp_path):
         counts.append(json.loads((out / "summary.json").read_text())["bad_samples"])
         assert len((out / "bad_samples.jsonl").read_text().splitlines()) == counts[-1]
     assert counts[0] == counts[1] > 0
+
+
+def test_time_budget_ends_every_rank_at_the_same_step(tmp_path):
+    """Each rank measuring its own speed could plan a different number of steps and leave the other stuck
+    in a collective; rank 0's plan is broadcast."""
+    csv = _data(tmp_path / "data")
+    out = tmp_path / "budget"
+    args = ["-m", "cliplab", "train", "--model", "ViT-Tiny-32px", "--train-data", str(csv), "--steps", "100000",
+            "--time-budget-minutes", "0.15", "--batch-size", "4", "--workers", "0", "--output", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", "29534", *args]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert resolve_run_dir(out).name == f"step-{summary['steps']:08d}"

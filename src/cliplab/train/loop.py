@@ -275,6 +275,10 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                     bar.total = total
             if cfg.time_budget_minutes and elapsed > 1.15 * 60 * cfg.time_budget_minutes and step < total:
                 total = step + 1  # the machine got slower than measured: finish now, keep the budget
+            if cfg.time_budget_minutes and world > 1:  # rank 0's clock decides for every rank
+                t = torch.tensor([total], device=device)
+                dist.broadcast(t, 0)
+                total = bar.total = int(t)
             scale = float(unwrap(model).scale().detach())
             if step % cfg.log_every == 0 or step == total:
                 log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),

@@ -20,7 +20,8 @@ __all__ = ["train_step", "unwrap"]
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside DDP / torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
+        inner = getattr(model, "module", None)  # DDP; compared with None: a module's truth value may need len()
+        model = inner if inner is not None else model._orig_mod
     return model
 
 

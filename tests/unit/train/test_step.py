@@ -39,3 +39,27 @@ def test_scaled_step_equals_unscaled_step(accum_steps):
     for (name, a), b in zip(plain.named_parameters(), scaled.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_unwrap_never_asks_a_module_for_its_truth_value():
+    """DDP around a torch.compile'd model: the compiled wrapper has no len(), so ``module or ...`` broke."""
+    from torch import nn
+
+    from cliplab.train.step import unwrap
+
+    inner = nn.Linear(2, 2)
+
+    class NoBool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self._orig_mod = inner
+
+        def __bool__(self):
+            raise TypeError("no truth value")
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = NoBool()
+
+    assert unwrap(Wrapper()) is inner
