@@ -127,6 +127,21 @@ def _csv(folder, n=24):
     return folder / "d.csv"
 
 
+def test_augmented_csv_resumes_exactly_with_a_worker(tmp_path):
+    """Random crops are drawn from (seed, epoch, row), not from the global generator that a resume and
+    every new DataLoader worker reseed: default settings (augmentation on, one worker) resume exactly."""
+    data = _csv(tmp_path / "data")
+    rng = torch.Generator().manual_seed(0)
+    for png in data.parent.glob("*.png"):  # texture, so that different crops give different pixels
+        Image.fromarray(torch.randint(0, 256, (36, 36, 3), generator=rng, dtype=torch.uint8).numpy()).save(png)
+    args = ["train", "--model", "ViT-Tiny-32px", "--train-data", str(data), "--batch-size", "8", "--steps", "6",
+            "--save-every", "2", "--workers", "1", "--seed", "2", "log_every=1"]
+    assert main([*args, "--output", str(tmp_path / "full")]) == 0
+    assert main([*args, "--output", str(tmp_path / "part"), "--stop-after", "3"]) == 0
+    assert main(["train", "--resume", "latest", "--output", str(tmp_path / "part")]) == 0
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+
+
 def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     data = _csv(tmp_path / "data")
     base = tmp_path / "base"

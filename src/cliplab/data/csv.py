@@ -13,7 +13,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from cliplab.data.batch import BadSample
-from cliplab.data.samples import Tokenizer, Transform, make_pair
+from cliplab.data.samples import Tokenizer, Transform, make_pair, seeded
 from cliplab.errors import CliplabError
 
 __all__ = ["CsvDataset", "read_rows", "separator"]
@@ -78,13 +78,17 @@ class CsvDataset(Dataset):
         if not self.rows:
             raise CliplabError(f"{self.path}: no data rows")
         self.root = self.path.parent
+        self.seed = 0  # of the augmentation
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple | BadSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple | BadSample:
+        """Row ``key``, or ``(row, epoch)``: augmentation drawn from (seed, epoch, row)."""
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         image, caption = self.rows[i]
         source = f"{self.path}:{self.lines[i]}"
         if not image:
             return BadSample(source, "empty image path")
-        return make_pair(self.root / image, caption, source, self.transform, self.tokenizer)
+        transform = seeded(self.transform, self.seed, epoch, i)
+        return make_pair(self.root / image, caption, source, transform, self.tokenizer)

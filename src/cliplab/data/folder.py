@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from cliplab.data.batch import BadSample
-from cliplab.data.samples import Tokenizer, Transform, make_pair
+from cliplab.data.samples import Tokenizer, Transform, make_pair, seeded
 from cliplab.errors import CliplabError
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "list_images"]
@@ -30,14 +30,18 @@ class FolderDataset(Dataset):
         if not self.images:
             raise CliplabError(f"{self.root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
         self.transform, self.tokenizer = transform, tokenizer
+        self.seed = 0  # of the augmentation
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple | BadSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple | BadSample:
+        """Image ``key``, or ``(image, epoch)``: augmentation drawn from (seed, epoch, image)."""
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         image = self.images[i]
         try:
             caption = image.with_suffix(".txt").read_bytes()
         except OSError:
             return BadSample(str(image), "no caption file " + image.with_suffix(".txt").name)
-        return make_pair(image, caption, str(image), self.transform, self.tokenizer)
+        transform = seeded(self.transform, self.seed, epoch, i)
+        return make_pair(image, caption, str(image), transform, self.tokenizer)

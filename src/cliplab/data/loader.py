@@ -21,8 +21,9 @@ from cliplab.errors import CliplabError
 __all__ = ["EpochBatchSampler", "TrainData", "build_train_data"]
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Endless batches of indices: a seeded permutation per epoch, this rank's share, from ``start`` on."""
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Endless batches of ``(index, epoch)``: a seeded permutation per epoch, this rank's share, from
+    ``start`` on. The epoch goes with each index so that the dataset seeds its augmentation from both."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  start: int = 0) -> None:
@@ -36,7 +37,7 @@ class EpochBatchSampler(Sampler[list[int]]):
             epoch, k = divmod(b, self.per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
             mine = perm[self.rank :: self.world_size]
-            yield mine[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+            yield [(i, epoch) for i in mine[k * self.batch_size : (k + 1) * self.batch_size].tolist()]
             b += 1
 
 
@@ -96,6 +97,7 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
     if len(dataset) < batch_size * world_size:
         raise CliplabError(f"{cfg.train_data}: {len(dataset)} samples, fewer than one global batch "
                            f"({batch_size} x {world_size} processes)")
+    dataset.seed = seed
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
     return TrainData(iter(loader), sampler.per_epoch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -10,7 +11,7 @@ import torch
 from cliplab.data.batch import BadSample
 from cliplab.errors import CliplabError
 
-__all__ = ["decode_caption", "make_pair"]
+__all__ = ["decode_caption", "make_pair", "seeded"]
 
 Transform = Callable[[Any], torch.Tensor]
 Tokenizer = Callable[..., torch.Tensor]
@@ -32,6 +33,15 @@ def decode_caption(raw: bytes | str, source: str) -> str | BadSample:
     if not text:
         return BadSample(source, "empty caption")
     return text
+
+
+def seeded(transform: Transform, seed: int, epoch: int, index: int) -> Transform:
+    """``transform`` with its random draws (if it makes any) taken from a generator of ``(seed, epoch,
+    index)``: the same augmentation for any number of workers or ranks, and after a resume."""
+    if not getattr(transform, "random", False):
+        return transform
+    key = ((seed * 1_000_003 + epoch) * 2**32 + index) % 2**63
+    return functools.partial(transform, generator=torch.Generator().manual_seed(key))
 
 
 def make_pair(
