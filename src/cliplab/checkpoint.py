@@ -73,6 +73,7 @@ def save_checkpoint(
         with atomic_path(path) as tmp:
             save_file(sd, str(tmp), metadata={META_KEY: json.dumps(meta)})
         return path
+    check_model_output(path)
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer_file is not None:
         name = cfg.tokenizer.vocab or Path(tokenizer_file).name
@@ -85,6 +86,19 @@ def save_checkpoint(
         save_file(sd, str(tmp))
     write_json(path / CONFIG, meta)  # written last: a directory with a config is complete
     return path
+
+
+def check_model_output(path: str | os.PathLike[str]) -> None:
+    """Refuse to write a model into a training run's folder, whose config.json is the run's settings."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    try:
+        run = (path / "checkpoints").is_dir() or "train" in json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError, TypeError):
+        run = False
+    if run:
+        raise CheckpointError(f"{path}: is a training run's folder; write the model to another folder")
 
 
 def is_native(path: str | os.PathLike[str]) -> bool:

@@ -214,6 +214,8 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
     and ``CLIPImageProcessor.from_pretrained`` with the weights' own preprocessing."""
     from safetensors.torch import save_file
 
+    from cliplab.checkpoint import check_model_output
+
     if getattr(model, "logit_bias", None) is not None:
         raise CliplabError("a model with a logit bias (SigLIP-trained) has no HF CLIPModel equivalent: CLIPModel "
                            "would drop the bias; keep the native format or export to ONNX")
@@ -221,6 +223,7 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
         raise CliplabError("a model with a learned tokenizer has no HF CLIPTokenizer equivalent (HF's cleans text "
                            "its own way); keep the native format or export to ONNX")
     out = Path(out_dir)
+    check_model_output(out)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg = _hf_config(cfg)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf(model.state_dict()).items()}

@@ -24,7 +24,7 @@ def _holds_checkpoints(ckpts: Path) -> bool:
 def resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | None:
     """The checkpoint to resume from (``--resume latest``, a run folder or a checkpoint folder), or ``None``
     for a fresh start, which an output folder already holding checkpoints refuses."""
-    from cliplab.checkpoint import is_native
+    from cliplab.checkpoint import WEIGHTS, is_native
 
     if cfg.resume == "latest":
         found = resolve_run_dir(run_dir)
@@ -44,6 +44,9 @@ def resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | Non
     if _holds_checkpoints(ckpts):
         raise CliplabError(f"{run_dir}: already holds a run's checkpoints; --resume latest continues it, "
                            "or give another --output")
+    if (run_dir / WEIGHTS).exists() or (run_dir / "pytorch_model.bin").exists():
+        raise CliplabError(f"{run_dir}: holds a model, whose config.json a run would overwrite; give another "
+                           "--output (and --init-from it to fine-tune it)")
     return None
 
 
