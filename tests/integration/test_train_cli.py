@@ -142,6 +142,19 @@ def test_augmented_csv_resumes_exactly_with_a_worker(tmp_path):
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
 
 
+def test_pruning_never_removes_the_checkpoint_latest_names(tmp_path):
+    """Resuming from an older step leaves later-named checkpoints; keep_last must not prune the new one."""
+    run = tmp_path / "run"
+    args = ["train", *COMMON, "--save-every", "2", "--output", str(run)]
+    assert main([*args, "--steps", "8"]) == 0
+    older = run / "checkpoints" / "step-00000004"
+    assert main(["train", "--resume", str(older), "--output", str(run), "keep_last=1", "--stop-after", "7"]) == 0
+    latest = resolve_run_dir(run)
+    assert latest.name == "step-00000006" and latest.is_dir()
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000006"]
+    cliplab.load(run)
+
+
 def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     data = _csv(tmp_path / "data")
     base = tmp_path / "base"

@@ -77,7 +77,9 @@ def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_c
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     write_text(ckpts / "latest", final.name + "\n")
-    for old in sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-keep_last]:
+    # the newest written are kept, this one always: a resume from an older step may leave later-named ones
+    others = sorted((p for p in ckpts.glob("step-*") if p.is_dir() and p != final), key=lambda p: p.stat().st_mtime)
+    for old in others[: max(0, len(others) - (keep_last - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
