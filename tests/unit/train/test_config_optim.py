@@ -17,6 +17,12 @@ def test_overrides_are_typed_and_layered(tmp_path):
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert cfg.data.workers == 3 and cfg.batch_size == 32 and cfg.optim.betas == (0.9, 0.95)
     assert cfg.data.format == "csv"
+    path.write_text("optim:\n  lr: 1e-3\n  weight_decay: 2E-1\n")  # YAML 1.1 reads these as strings
+    cfg = load_train_config(str(path), [], {})
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-3, 0.2)
+    path.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(CliplabError, match="'fast' is not a float"):
+        load_train_config(str(path), [], {})
 
 
 @pytest.mark.parametrize("override,match", [
