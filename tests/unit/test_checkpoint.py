@@ -96,3 +96,23 @@ def test_models_are_not_written_into_run_folders_nor_runs_into_model_folders(tmp
     assert main(["train", "--model", "ViT-Tiny-32px", "--steps", "1", "--batch-size", "4", "--workers", "0",
                  "--output", str(model_dir)]) == 2
     assert "holds a model" in capsys.readouterr().err
+
+
+def test_checkpoint_files_get_the_usual_mode(tmp_path):
+    """safetensors writes through its own temporary file, which kept mkstemp's 0600."""
+    import os
+    import stat
+
+    from cliplab.checkpoint import save_checkpoint
+    from cliplab.config import CLIPConfig, load_arch
+    from cliplab.model.build import create_model
+
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(create_model(cfg.model), cfg, tmp_path / "ckpt")
+        save_checkpoint(create_model(cfg.model), cfg, tmp_path / "one.safetensors")
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "config.json", tmp_path / "one.safetensors"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
