@@ -155,6 +155,15 @@ def test_pruning_never_removes_the_checkpoint_latest_names(tmp_path):
     cliplab.load(run)
 
 
+def test_a_log_line_torn_by_a_kill_does_not_stop_a_resume(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "3", "--save-every", "2", "--output", str(run)]) == 0
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "l')
+    assert main(["train", "--resume", "latest", "--steps", "4", "--output", str(run)]) == 0
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+
+
 def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     data = _csv(tmp_path / "data")
     base = tmp_path / "base"

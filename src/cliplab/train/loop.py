@@ -137,8 +137,13 @@ class _Log:
         self.path, self.active, self.remember = path, active, remember
         self.history: list[dict[str, Any]] = []
         if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if r.get("step", 0) <= resume_step]
+            rows = []
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line torn by a kill mid-write: rewritten from the checkpoint on
+                    continue
+            kept = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= resume_step]
             if active:
                 write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
             self.history = kept if remember else []
