@@ -260,3 +260,9 @@ def test_parts_hold_part_size_vectors_whatever_the_batch(tmp_path, collection):
     assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(collection / "imgs"),
                  "--output", str(tmp_path / "s"), "--batch-size", "32", "--part-size", "16"]) == 0
     assert [p["count"] for p in EmbeddingStore(tmp_path / "s").parts()] == [16, 16, 8]  # 40 good images
+
+
+def test_serve_refuses_a_port_out_of_range(capsys):
+    assert main(["serve", "nowhere", "--port", "99999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --port 99999: a port is 0-65535"]

@@ -192,6 +192,10 @@ def write_shards(
     Image bytes are stored as they are (no re-encoding), under the suffix :func:`member_key` gives.
     """
     out = Path(out_dir)
+    old = sorted(out.glob(f"{prefix}[0-9][0-9][0-9][0-9][0-9].tar")) if out.is_dir() else []
+    if old:
+        raise CliplabError(f"{out}: already holds shards ({old[0].name}, ...); a pattern over both sets would "
+                           "mix them: write into an empty folder, or give another --prefix")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     batch: list[tuple[Path, str]] = []

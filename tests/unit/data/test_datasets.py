@@ -147,6 +147,11 @@ def test_shards_store_images_by_their_format_when_the_name_does_not_say(tmp_path
     assert len(items) == 2 and not any(isinstance(it, BadSample) for it in items)
     with pytest.raises(CliplabError, match=r"notes\.xyz: not a JPEG"):
         write_shards([(img / "notes.xyz", "x")], tmp_path / "t")
+    capsys.readouterr()  # a second set into the same folder would mix with the first under one pattern
+    assert main(["shards", "--input", str(tmp_path / "data.csv"), "--output", str(tmp_path / "s")]) == 2
+    assert "already holds shards" in capsys.readouterr().err
+    assert main(["shards", "--input", str(tmp_path / "data.csv"), "--output", str(tmp_path / "s"),
+                 "--prefix", "b-"]) == 0
 
 
 def test_shards_split_across_ranks_without_duplicates(tmp_path, transform, tokenizer):
