@@ -73,8 +73,9 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
             mlp_ratio=t.get("intermediate_size", 2048) / t.get("hidden_size", 512),
             activation=_act(t.get("hidden_act", "quick_gelu"), "text_config.hidden_act"),
             ln_eps=t.get("layer_norm_eps", 1e-5),
-            # eos id 2 is HF's legacy config: it then pools at the largest id, which is 49407 for CLIP's BPE
-            eot_token_id=49407 if eos == 2 else eos)
+            # eos id 2 is HF's legacy config: it then pools at the largest id in the text, which is the end of
+            # text, the last id of the vocabulary (49407 for CLIP's BPE)
+            eot_token_id=t.get("vocab_size", 49408) - 1 if eos == 2 else eos)
     except (KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
         raise CliplabError(f"config.json is not a CLIPModel config ({type(err).__name__}: {err})") from None
     model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
@@ -205,7 +206,8 @@ def _hf_config(cfg: CLIPConfig) -> dict[str, Any]:
                         "vocab_size": t.vocab_size, "hidden_size": t.width, "num_hidden_layers": t.layers,
                         "num_attention_heads": t.heads, "intermediate_size": round(t.width * t.mlp_ratio),
                         "hidden_act": t.activation, "layer_norm_eps": t.ln_eps, "projection_dim": m.embed_dim,
-                        "eos_token_id": t.eot_token_id, "bos_token_id": 49406, "pad_token_id": 1},
+                        "eos_token_id": t.eot_token_id, "bos_token_id": t.eot_token_id - 1,
+                        "pad_token_id": 1},
     }
 
 

@@ -117,6 +117,11 @@ class CLIP(nn.Module):
         """Token ids (M, L) → embeddings (M, D)."""
         if tokens.shape[0] == 0:
             return tokens.new_zeros(0, self.cfg.embed_dim, dtype=self.logit_scale.dtype)  # (0, D)
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            top, vocab = int(tokens.max()), self.cfg.text.vocab_size
+            if top >= vocab or int(tokens.min()) < 0:
+                raise CliplabError(f"token id {top if top >= vocab else int(tokens.min())} is outside this model's "
+                                   f"vocabulary of {vocab}: the tokenizer is not the model's own")
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 

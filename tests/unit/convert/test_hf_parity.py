@@ -224,3 +224,25 @@ def test_export_refuses_a_learned_tokenizer(tmp_path):
     cfg = dataclasses.replace(CLIPConfig.for_model(arch), tokenizer=TokenizerConfig("bpe", 32, "tok.json"))
     with pytest.raises(CliplabError, match="learned tokenizer"):
         export_hf(create_model(arch), cfg, tmp_path / "hf")
+
+
+@torch.no_grad()
+def test_legacy_eos_with_its_own_vocabulary(tmp_path):
+    """HF configs with eos_token_id 2 pool at the largest id: the end of text, the vocabulary's last id, also
+    when the vocabulary is not CLIP's 49408. Ids from another tokenizer are one line, not an IndexError."""
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+                max_position_embeddings=16, vocab_size=1000, eos_token_id=2, bos_token_id=998, pad_token_id=0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=16,
+                  patch_size=8)
+    hf = transformers.CLIPModel(transformers.CLIPConfig(projection_dim=24, text_config=text,
+                                                        vision_config=vision)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours, cfg, _ = load_model(tmp_path / "hf")
+    assert cfg.model.text.eot_token_id == 999
+    ids = torch.zeros(3, 16, dtype=torch.long)
+    for i, k in enumerate((3, 7, 12)):
+        ids[i, 0], ids[i, 1 : k + 1], ids[i, k + 1] = 998, torch.randint(3, 990, (k,)), 999
+    assert _rel(ours.encode_text(ids), hf.get_text_features(input_ids=ids).pooler_output) <= 1e-5
+    with pytest.raises(CliplabError, match="outside this model's vocabulary of 1000"):
+        ours.encode_text(torch.full((1, 16), 49407))
