@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -479,6 +480,16 @@ def test_learned_tokenizer_is_the_runs_own_copy(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", "latest", "--steps", "4", "--output", str(run)]) == 2
     assert "differs from the tokenizer the run was trained with" in capsys.readouterr().err
+    other = tmp_path / "other"  # the same model, but a tokenizer whose ids for two words are swapped
+    shutil.copytree(resolve_run_dir(run), other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["red</w>"], vocab["star</w>"] = vocab["star</w>"], vocab["red</w>"]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    capsys.readouterr()
+    assert main(["interpolate", str(run), str(other), "--output", str(tmp_path / "mix")]) == 2
+    assert "use different tokenizers" in capsys.readouterr().err
+    assert main(["interpolate", str(run), str(run), "--output", str(tmp_path / "mix")]) == 0
 
 
 def test_run_finishes_without_matplotlib(tmp_path, monkeypatch, capsys):

@@ -22,9 +22,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise CliplabError(f"--alpha must be in [0, 1], got {args.alpha}")
     a, cfg_a, root = load_model(args.a)
-    b, cfg_b, _ = load_model(args.b)
+    b, cfg_b, root_b = load_model(args.b)
     if cfg_a.model != cfg_b.model:
         raise CliplabError(f"{args.a} and {args.b} have different architectures; cannot interpolate")
+    if _tokenizer(cfg_a, root) != _tokenizer(cfg_b, root_b):  # the same ids must mean the same text
+        raise CliplabError(f"{args.a} and {args.b} use different tokenizers; cannot interpolate")
     sb = b.state_dict()
     mixed = {k: v if not v.is_floating_point() else (1 - args.alpha) * v + args.alpha * sb[k]
              for k, v in a.state_dict().items()}
@@ -32,3 +34,9 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(mixed, cfg_a, args.output, tokenizer_file=tok)
     print(f"wrote {args.output} (alpha={args.alpha})")
     return 0
+
+
+def _tokenizer(cfg, root) -> tuple:
+    """What a model's token ids mean: the tokenizer kind and, for a learned one, its file's bytes."""
+    vocab = root / cfg.tokenizer.vocab if cfg.tokenizer.vocab and root else None
+    return cfg.tokenizer.kind, vocab.read_bytes() if vocab is not None and vocab.is_file() else None
