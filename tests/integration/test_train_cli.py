@@ -165,6 +165,16 @@ def test_a_log_line_torn_by_a_kill_does_not_stop_a_resume(tmp_path):
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
 
 
+def test_nothing_to_train_writes_a_valid_summary(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "2", "--output", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "1", "--output", str(tmp_path / "from")]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    text = (tmp_path / "from" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+    assert summary["final_loss"] is None and summary["steps"] == 2
+
+
 def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     data = _csv(tmp_path / "data")
     base = tmp_path / "base"

@@ -378,7 +378,7 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
 def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, seconds: float,
             progress: bool, dropped: int = 0) -> None:
     summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad, "dropped_pairs": dropped,
-               "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), math.nan)}
+               "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}  # JSON: no NaN
     write_json(run_dir / "summary.json", summary)
     if history:
         from cliplab.train.curves import plot_curves
@@ -394,4 +394,5 @@ def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, 
         if dropped:
             note += (f"; left out {dropped} good pair(s) so that every process's share of a batch was equal "
                      "(bad samples or short last batches on some ranks)")
-        print(f"done: {steps} steps in {seconds:.0f} s, final loss {summary['final_loss']}{note}", flush=True)
+        loss = "" if summary["final_loss"] is None else f", final loss {summary['final_loss']}"
+        print(f"done: {steps} steps in {seconds:.0f} s{loss}{note}", flush=True)
