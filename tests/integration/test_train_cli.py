@@ -175,6 +175,16 @@ def test_nothing_to_train_writes_a_valid_summary(tmp_path, capsys):
     assert summary["final_loss"] is None and summary["steps"] == 2
 
 
+def test_resume_with_another_global_batch_and_steps_with_epochs_are_said(tmp_path, capsys):
+    run = tmp_path / "run"
+    data = _csv(tmp_path / "data")
+    assert main(["train", *COMMON, "--train-data", str(data), "--steps", "2", "--epochs", "3",
+                 "--output", str(run)]) == 0
+    assert "--epochs 3 is not used" in capsys.readouterr().out
+    assert main(["train", "--resume", "latest", "--steps", "3", "--batch-size", "8", "--output", str(run)]) == 0
+    assert "trained with a global batch of 16; it goes on with 8" in capsys.readouterr().out
+
+
 def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     data = _csv(tmp_path / "data")
     base = tmp_path / "base"

@@ -194,6 +194,8 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                             world_size=world, seed=cfg.seed, start_step=drawn,
                             image_size=clip_cfg.model.vision.image_size, position=at.data_position)
     by_epochs = cfg.steps is None and cfg.epochs is not None and not cfg.time_budget_minutes
+    if cfg.steps is not None and cfg.epochs is not None and main and progress and resume_from is None:
+        print(f"note: --steps {cfg.steps} decides the length; --epochs {cfg.epochs} is not used", flush=True)
     if total is None or by_epochs:
         if cfg.epochs is None or data.steps_per_epoch is None:
             raise CliplabError("give --steps (or --epochs for a CSV/folder dataset of known size)")

@@ -104,6 +104,11 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
             print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
                   "(the learning-rate schedule stretches to the new length)", flush=True)
         total = cfg.steps
+    global_batch = cfg.batch_size * cfg.accum_steps * world
+    if notes and state.get("global_batch") not in (None, global_batch):
+        print(f"note: the run was trained with a global batch of {state['global_batch']}; it goes on with "
+              f"{global_batch} ({world} process{'es' if world > 1 else ''} x {cfg.batch_size} x {cfg.accum_steps} "
+              "accum), which changes the contrastive task and the data order", flush=True)
     set_rng_state(state["rng"])
     positions = state.get("data_positions") or []
     return Position(step, total, drawn=int(state.get("batches_drawn", step)),
