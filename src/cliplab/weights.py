@@ -63,8 +63,11 @@ def download(name: str, pretrained: str | None = None, cache_dir: str | os.PathL
     """The local path of ``name``'s ``pretrained`` weights, downloading (and verifying) them if needed."""
     tags = PRETRAINED.get(name, {})
     tag = pretrained or ("openai" if "openai" in tags else None)
+    if not tags:
+        raise CliplabError(f"{name}: an architecture without published weights; cliplab.create_model({name!r}) "
+                           "gives a random initialisation, or pass a local checkpoint path")
     if tag not in tags:
-        raise CliplabError(f"{name}: no pretrained weights {pretrained!r} (known: {', '.join(tags) or 'none'}); "
+        raise CliplabError(f"{name}: no pretrained weights {pretrained!r} (known: {', '.join(tags)}); "
                            "use cliplab.create_model for a random initialisation, or pass a local path")
     url, sha = tags[tag]
     cache = _cache_dir(cache_dir)

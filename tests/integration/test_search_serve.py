@@ -266,3 +266,10 @@ def test_serve_refuses_a_port_out_of_range(capsys):
     assert main(["serve", "nowhere", "--port", "99999"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --port 99999: a port is 0-65535"]
+
+
+def test_embed_refuses_fp16_on_cpu_before_creating_a_store(collection, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(collection / "imgs"),
+                 "--output", str(out), "--precision", "fp16"]) == 2
+    assert "fp16" in capsys.readouterr().err and not out.exists()

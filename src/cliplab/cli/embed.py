@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.api import load_model, resolve_device
     from cliplab.infer.embed import embed_collection, embed_texts, list_items
     from cliplab.infer.store import EmbeddingStore, model_id, weights_fingerprint
+    from cliplab.precision import autocast
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
 
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     # every input is read before anything is written: a wrong path costs no store and no embedding time
     items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
     texts = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts and rank == 0 else None
+    autocast(device, args.precision)  # refuses fp16 without CUDA before the store exists
     made_by = {"model_id": model_id(args.checkpoint), "weights": weights_fingerprint(model)}
     if args.compile:
         model.compile_for_inference()

@@ -174,6 +174,8 @@ def test_download_offline_fails_in_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
     with pytest.raises(CliplabError, match="no pretrained weights 'laion'"):
         download("ViT-B-32", "laion", cache_dir=tmp_path)
+    with pytest.raises(CliplabError, match=r"without published weights; cliplab\.create_model\('ViT-Tiny-32px'\)"):
+        load_model("ViT-Tiny-32px")
 
 
 def test_verified_download_is_converted_once_to_safetensors(tmp_path, monkeypatch):
