@@ -97,6 +97,17 @@ _UNIT_POLYGONS = {  # vertices in units of the radius, around the centre
 }
 
 
+def draw_sharp(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float) -> None:
+    """The shape at (cx, cy) with radius ``r``, in white (255) on an "L" image, without anti-aliasing."""
+    if shape in ("circle", "ring"):
+        f = 1.1 if shape == "ring" else 1.0
+        draw.ellipse([cx - f * r, cy - f * r, cx + f * r, cy + f * r], fill=255)
+        if shape == "ring":
+            draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
+    else:
+        draw.polygon([(cx + u * r, cy + v * r) for u, v in _UNIT_POLYGONS[shape]], fill=255)
+
+
 def _margin(r: float) -> int:
     return math.ceil(1.25 * r) + 1  # every shape stays within 1.2 radii of its centre
 
@@ -110,14 +121,7 @@ def _stencil(shape: str, r: float, px: int, py: int, k: int) -> np.ndarray:
     cx, cy = m + px, m + py
     w, h = -(-(px + 2 * m + 1) // k) * k, -(-(py + 2 * m + 1) // k) * k  # whole output pixels
     mask = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(mask)
-    if shape in ("circle", "ring"):
-        f = 1.1 if shape == "ring" else 1.0
-        draw.ellipse([cx - f * r, cy - f * r, cx + f * r, cy + f * r], fill=255)
-        if shape == "ring":
-            draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
-    else:
-        draw.polygon([(cx + u * r, cy + v * r) for u, v in _UNIT_POLYGONS[shape]], fill=255)
+    draw_sharp(ImageDraw.Draw(mask), shape, cx, cy, r)
     if k > 1:
         mask = mask.resize((w // k, h // k), Image.BOX)
     cover = np.asarray(mask, dtype=np.float32) * (1 / 255)

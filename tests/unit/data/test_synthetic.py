@@ -102,7 +102,7 @@ def test_cached_coverage_equals_drawing_the_whole_frame(shape):
     from the same ellipse whole.)"""
     from PIL import Image, ImageDraw
 
-    from cliplab.data.synthetic import _UNIT_POLYGONS, _coverage
+    from cliplab.data.synthetic import _coverage, draw_sharp
 
     size, out, pad = 128, 32, 64
     rng = np.random.default_rng(0)
@@ -110,14 +110,7 @@ def test_cached_coverage_equals_drawing_the_whole_frame(shape):
         for cx, cy in [*rng.uniform(-20, 148, (12, 2)), (0.0, 0.0), (127.0, 64.0), (64.4, 63.6)]:
             x, y = round(cx) + pad, round(cy) + pad
             frame = Image.new("L", (size + 2 * pad, size + 2 * pad), 0)
-            draw = ImageDraw.Draw(frame)
-            if shape in ("circle", "ring"):
-                f = 1.1 if shape == "ring" else 1.0
-                draw.ellipse([x - f * r, y - f * r, x + f * r, y + f * r], fill=255)
-                if shape == "ring":
-                    draw.ellipse([x - 0.55 * r, y - 0.55 * r, x + 0.55 * r, y + 0.55 * r], fill=0)
-            else:
-                draw.polygon([(x + u * r, y + v * r) for u, v in _UNIT_POLYGONS[shape]], fill=255)
+            draw_sharp(ImageDraw.Draw(frame), shape, x, y, r)
             frame = frame.crop((pad, pad, pad + size, pad + size))
             want = np.asarray(frame.resize((out, out), Image.BOX))  # (out, out) uint8
             got = _coverage(shape, cx, cy, r, size, out)
