@@ -185,6 +185,21 @@ def test_resume_with_another_global_batch_and_steps_with_epochs_are_said(tmp_pat
     assert "trained with a global batch of 16; it goes on with 8" in capsys.readouterr().out
 
 
+def test_resume_before_the_first_checkpoint_keeps_the_runs_settings(tmp_path, capsys):
+    """Killed before its first checkpoint, a run folder has only its config.json: --resume latest starts
+    afresh with those settings, not with the defaults (synthetic data)."""
+    data = _csv(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--train-data", str(data), "--steps", "2", "--output", str(run)]) == 0
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints" / ".tmp-step-00000002").mkdir(parents=True)  # a kill in the middle of the first save
+    capsys.readouterr()
+    assert main(["train", "--resume", "latest", "--output", str(run)]) == 0
+    assert "starting from scratch" in capsys.readouterr().out
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["data"]["train_data"] == str(data) and saved["steps"] == 2
+
+
 def test_bf16_validation_loss_and_lit_fine_tuning(tmp_path):
     data = _csv(tmp_path / "data")
     base = tmp_path / "base"

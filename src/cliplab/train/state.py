@@ -115,8 +115,10 @@ def saved_settings(resume: str, output: str) -> dict[str, Any] | None:
 
     path = Path(output) if resume == "latest" else Path(resume)
     ckpt = path if resume != "latest" and is_native(path) else resolve_run_dir(path)
+    # before its first checkpoint (killed early), a run folder still has the settings it started with
+    source = ckpt / TRAIN_CONFIG if ckpt is not None else path / "config.json" if resume == "latest" else None
     try:
-        data = json.loads((ckpt / TRAIN_CONFIG).read_text()) if ckpt is not None else None
+        data = json.loads(source.read_text()) if source is not None else None
     except (OSError, ValueError):
         return None
     return data.get("train") if isinstance(data, dict) and isinstance(data.get("train"), dict) else None
