@@ -15,6 +15,8 @@ two gloo processes). Every rank must hold the same n.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -43,7 +45,9 @@ def gather_features(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[to
         return image_emb, text_emb
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(image_emb)), torch.cat(all_gather(text_emb))  # (W·n, D) each
+    with warnings.catch_warnings():  # recent torch marks it deprecated in favour of a private module; a user
+        warnings.filterwarnings("ignore", "torch.distributed.nn.functional", FutureWarning)  # cannot act on it
+        return torch.cat(all_gather(image_emb)), torch.cat(all_gather(text_emb))  # (W·n, D) each
 
 
 def single_process_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
