@@ -93,3 +93,22 @@ def test_time_budget_ends_every_rank_at_the_same_step(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert resolve_run_dir(out).name == f"step-{summary['steps']:08d}"
+
+
+def test_an_error_on_one_rank_is_one_line_on_every_rank(tmp_path):
+    import tarfile
+
+    from cliplab.data.synthetic import SyntheticWorld, write_shards
+
+    write_shards(SyntheticWorld(), 20, tmp_path / "wds", per_shard=20)
+    tarfile.open(tmp_path / "wds" / "00001.tar", "w").close()  # rank 1's shard is empty
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", "29535", "-m", "cliplab", "train", "--model", "ViT-Tiny-32px", "--train-data",
+           str(tmp_path / "wds" / "{00000..00001}.tar"), "--steps", "4", "--batch-size", "4", "--workers", "0",
+           "--output", str(tmp_path / "run")]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0
+    assert "error: the shards yielded no samples" in res.stderr
+    assert "error: process 0: lost contact with the other processes" in res.stderr
+    assert "[rank0]: Traceback" not in res.stderr

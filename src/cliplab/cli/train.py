@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cliplab.errors import CliplabError
     from cliplab.train.config import changed_settings, load_train_config
     from cliplab.train.loop import train
     from cliplab.train.state import saved_settings
@@ -75,5 +78,25 @@ def run(args: argparse.Namespace) -> int:
         changes = changed_settings(saved, cfg)
         if changes and int(os.environ.get("RANK", "0")) == 0:
             print(f"note: resuming with changed settings: {'; '.join(changes)}", flush=True)
-    train(cfg)
+    try:
+        train(cfg)
+    except (torch.distributed.DistError, RuntimeError) as err:  # under torchrun: most often a peer that
+        if not _lost_peer(err):  # stopped on its own error, which it has printed
+            raise
+        rank = os.environ.get("RANK", "0")
+        raise CliplabError(f"process {rank}: lost contact with the other processes ({_first(err)}); when one "
+                           "of them stopped on an error, its message is above") from None
     return 0
+
+
+def _lost_peer(err: Exception) -> bool:
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    return isinstance(err, torch.distributed.DistError) or any(
+        k in str(err) for k in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL"))
+
+
+def _first(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
