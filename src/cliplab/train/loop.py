@@ -372,6 +372,9 @@ def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, dev
             losses.append(float(single_process_loss(out.image_embeds, out.text_embeds, out.logit_scale,
                                                     out.logit_bias, chunk_size=cfg.loss_chunk_size, loss=cfg.loss)))
         model.train()
+        if not losses:
+            print(f"note: no batch of --val-data {cfg.data.val_data} had 2 usable pairs, so no validation loss "
+                  f"at step {step} (bad samples in it are not listed)", flush=True)
         return {"val_loss": sum(losses) / len(losses)} if losses else {}
 
     return hook
