@@ -202,8 +202,8 @@ def test_resume_before_the_first_checkpoint_keeps_the_runs_settings(tmp_path, ca
 
 def test_validation_data_without_usable_pairs_is_said(tmp_path, capsys):
     (tmp_path / "val").mkdir()
-    for i in range(6):  # images without captions
-        Image.new("RGB", (36, 36), (i * 40, 0, 0)).save(tmp_path / "val" / f"{i}.png")
+    for i in range(20):  # images without captions
+        Image.new("RGB", (36, 36), (i * 12, 0, 0)).save(tmp_path / "val" / f"{i}.png")
     assert main(["train", *COMMON, "--steps", "2", "--val-data", str(tmp_path / "val"), "--eval-every", "2",
                  "--output", str(tmp_path / "run")]) == 0
     assert "had 2 usable pairs, so no validation loss at step 2" in capsys.readouterr().out
