@@ -49,6 +49,11 @@ def test_search_cli(collection, capsys):
     top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
     assert top["path"] == query and top["score"] == pytest.approx(1.0, abs=1e-3)  # an image finds itself
     assert main(["search", str(collection / "store")]) == 2
+    strip = collection / "strip.png"
+    Image.new("RGB", (6_000_000, 1)).save(strip)  # its short side scaled up would be too large
+    capsys.readouterr()
+    assert main(["search", str(collection / "store"), "--image", str(strip)]) == 2
+    assert f"error: {strip}: " in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     store.check_model(model, args.checkpoint or store.model_id)
     with torch.no_grad():
         if args.image:
-            q = model.encode_image(preprocess(load_image(args.image))[None], normalize=True)
+            try:
+                pixels = preprocess(load_image(args.image))[None]  # (1, 3, S, S)
+            except CliplabError as err:  # load_image names the file; preprocessing limits do not
+                raise CliplabError(err if args.image in str(err) else f"{args.image}: {err}") from None
+            q = model.encode_image(pixels, normalize=True)
         else:
             q = model.encode_text(tokenizer([args.query], truncate=True), normalize=True)
     scores, ids = load_or_build_index(store).search(q.float().numpy(), args.k)
