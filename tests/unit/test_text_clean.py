@@ -16,7 +16,7 @@ def texts():
     out = [_fuzz_text(rng) for _ in range(20000)] + CORPUS
     out += ["".join(chr(rng.randrange(0x80, 0x2100)) for _ in range(8)) for _ in range(5000)]
     for enc in ("latin-1", "cp1252", "mac_roman", "cp1251", "cp1253", "cp1257"):  # mojibake of every kind
-        out += [t.encode("utf-8").decode(enc, errors="replace") for t in out[20000:21000]]
+        out += [t.encode("utf-8", "surrogatepass").decode(enc, errors="replace") for t in out[20000:21000]]
     entities = ["&amp;", "&amp;amp;lt;", "&lt;b&gt;", "&#x2019;", "&eacute;", "&Atilde;&copy;", "AT&T", "&#0;"]
     out += [f"{rng.choice(entities)} {t} “{rng.choice(entities)}”" for t in out[:3000]]
     return out
