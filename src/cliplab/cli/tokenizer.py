@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", required=True)
     t.add_argument("--column", default="title", help="caption column of a CSV input")
     t.add_argument("--separator", default=",")
-    t.add_argument("--vocab-size", type=int, default=1000)
+    t.add_argument("--vocab-size", type=int, default=1000, help="tokens in all, at least 514 (default 1000)")
     t.add_argument("--context-length", type=int, default=77)
     t.add_argument("--output", required=True, help="tokenizer JSON file to write")
     t.set_defaults(func=run_train)

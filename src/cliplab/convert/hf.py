@@ -225,6 +225,9 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
         raise CliplabError("a model with a learned tokenizer has no HF CLIPTokenizer equivalent (HF's cleans text "
                            "its own way); keep the native format or export to ONNX")
     out = Path(out_dir)
+    if out.suffix == ".safetensors":
+        raise CliplabError(f"{out}: a HF CLIPModel is a folder (config.json, model.safetensors, tokenizer "
+                           "files); give a folder name")
     check_model_output(out)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg = _hf_config(cfg)

@@ -94,6 +94,8 @@ def test_convert_cli(hf_dir, tmp_path):
     cfg, sd = load_foreign(path)
     ours, cfg2, _ = load_model(tmp_path / "native")
     assert cfg2.model == cfg.model and all(torch.equal(ours.state_dict()[k], v) for k, v in sd.items())
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--format", "hf"]) == 2
+    assert not (tmp_path / "out.safetensors").exists()  # a HF model is a folder: refused, nothing made
 
 
 
