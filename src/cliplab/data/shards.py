@@ -21,14 +21,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import braceexpand
-import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 
 from cliplab.data.batch import BadSample
 from cliplab.data.folder import IMAGE_EXTENSIONS
-from cliplab.data.samples import Tokenizer, Transform, make_pair
+from cliplab.data.samples import Tokenizer, Transform, make_pair, seeded
 from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.fileio import atomic_path
 
@@ -173,11 +172,8 @@ class ShardDataset(IterableDataset):
                 return BadSample(source, f"json member has no {'/'.join(TEXT_FIELDS)} field")
         else:
             return BadSample(source, "no caption member (.txt or .json)")
-        transform = self.transform
-        if getattr(transform, "random", False):  # augmentation drawn from (seed, epoch, sample): resumable
-            key = (self.seed * 1_000_003 + self.epoch) * 2**32 + zlib.crc32(source.encode())
-            gen = torch.Generator().manual_seed(key % 2**63)
-            transform = functools.partial(transform, generator=gen)
+        # augmentation drawn from (seed, epoch, sample): resumable
+        transform = seeded(self.transform, self.seed, self.epoch, zlib.crc32(source.encode()))
         return make_pair(io.BytesIO(image), caption, source, transform, self.tokenizer)
 
 
