@@ -161,6 +161,17 @@ def test_siglip_on_a_shipped_architecture(tmp_path):
     assert abs(model.logit_scale.item() - math.log(10)) < 0.1
 
 
+def test_init_from_refuses_another_model(tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(base)]) == 0
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--model", "ViT-Small-64px", "--init-from", str(base), "--steps", "1",
+                 "--output", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model ViT-Small-64px: differs from the architecture of --init-from" in err[0]
+    assert not (tmp_path / "ft").exists()
+
+
 def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):
     base = tmp_path / "base"
     assert main(["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "1", "--batch-size", "4",

@@ -321,3 +321,16 @@ def test_resume_keeps_the_runs_settings(tmp_path, capsys):
     assert "note: resuming with changed settings" in out and "optim.lr: 0.002 -> 0.001" in out
     assert main(["train", "--config", str(tmp_path / "full" / "config.json"), "--steps", "1",
                  "--output", str(tmp_path / "again")]) == 0  # a run's resolved config is a valid config
+
+
+def test_resumed_fine_tuning_is_exact_after_its_base_moved(tmp_path):
+    """A fine-tuning run resumes from its own checkpoint, not from the model it started from."""
+    base = tmp_path / "base"
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(base)]) == 0
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = [*COMMON, "--init-from", str(base), "--steps", "5", "--save-every", "2", "--loss", "siglip"]
+    assert main(["train", *args, "--output", str(full)]) == 0
+    assert main(["train", *args, "--output", str(part), "--stop-after", "3"]) == 0
+    base.rename(tmp_path / "moved")
+    assert main(["train", *args, "--output", str(part), "--resume", "latest"]) == 0
+    assert run_losses(part) == run_losses(full)

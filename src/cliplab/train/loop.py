@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from cliplab.checkpoint import TOKENIZER_FILE
-from cliplab.config import CLIPConfig, TokenizerConfig, load_arch
+from cliplab.config import CLIPConfig, ModelConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import autocast
@@ -70,13 +70,29 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
 SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's initial log-scale and bias
 
 
-def _build_model(cfg: TrainConfig, tokenizer: Path | None) -> tuple[torch.nn.Module, CLIPConfig, Path | None]:
+def _same_towers(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether two architectures have the same towers, up to what training from them may change: the text
+    vocabulary (a learned tokenizer sets it) and the initial temperature and bias."""
+    def towers(m: ModelConfig) -> tuple:
+        text = {k: v for k, v in dataclasses.asdict(m.text).items() if k not in ("vocab_size", "eot_token_id")}
+        return m.embed_dim, m.vision, type(m.text), text
+
+    return towers(a) == towers(b)
+
+
+def _build_model(cfg: TrainConfig, tokenizer: Path | None,
+                 resume_from: Path | None = None) -> tuple[torch.nn.Module, CLIPConfig, Path | None]:
     """The model to train, its config, and the learned tokenizer file it uses (None for OpenAI's), which
-    checkpoints keep a copy of under the name :data:`TOKENIZER_FILE`."""
+    checkpoints keep a copy of under the name :data:`TOKENIZER_FILE`. A resumed fine-tuning run is built
+    from its checkpoint, so the model it started from may since have moved."""
     if cfg.init_from:
         from cliplab.api import load_model
 
-        model, clip_cfg, root = load_model(cfg.init_from, device="cpu")
+        model, clip_cfg, root = load_model(resume_from or cfg.init_from, device="cpu")
+        if cfg.model != TrainConfig.model and not _same_towers(load_arch(cfg.model), clip_cfg.model):
+            raise CliplabError(f"--model {cfg.model}: differs from the architecture of --init-from "
+                               f"{cfg.init_from} ({clip_cfg.name or 'unnamed'}); a fine-tuned model keeps its "
+                               "checkpoint's architecture, so drop --model")
         if cfg.loss == "siglip" and model.logit_bias is None:  # a CLIP-trained model fine-tuned with SigLIP
             model.logit_bias = torch.nn.Parameter(torch.tensor(SIGLIP_INIT[1]))
             clip_cfg = dataclasses.replace(clip_cfg, model=dataclasses.replace(clip_cfg.model,
@@ -173,7 +189,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     tok_file = None if cfg.tokenizer is None else Path(cfg.tokenizer)
     if resume_from is not None:  # a learned tokenizer: the run's own copy
         tok_file = resumed_tokenizer(tok_file, resume_from)
-    model, clip_cfg, tok_file = _build_model(cfg, tok_file)
+    model, clip_cfg, tok_file = _build_model(cfg, tok_file, resume_from)
     if cfg.lock_image:
         unwrap(model).lock("image")
     if cfg.lock_text:
