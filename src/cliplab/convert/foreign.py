@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 import zipfile
 from pathlib import Path
@@ -81,6 +82,20 @@ def with_activation(cfg: ModelConfig, activation: str) -> ModelConfig:
     return dataclasses.replace(cfg, vision=tower(cfg.vision), text=tower(cfg.text))
 
 
+def _unknown_folder(path: Path) -> str:
+    """Why a folder with a config.json is no checkpoint cliplab reads, as precisely as the file tells."""
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{path / 'config.json'}: unreadable ({err})"
+    if isinstance(data, dict) and "train" in data:
+        return f"{path}: a training run without a checkpoint yet (none in {path / 'checkpoints'})"
+    if isinstance(data, dict) and "model" in data:
+        return f"{path}: a cliplab config.json without its weights ({path / 'model.safetensors'} is missing)"
+    return (f"{path}: has a config.json but is neither a cliplab checkpoint (a valid config.json beside "
+            "model.safetensors) nor a HF CLIPModel (vision_config and text_config)")
+
+
 def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str | None = None,
                  arch: ModelConfig | None = None) -> tuple[CLIPConfig, dict]:
     """Any OpenAI, open_clip or Hugging Face checkpoint → ``(resolved config, cliplab state dict)``, checked
@@ -100,8 +115,9 @@ def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str |
         cfg, sd = read_hf_dir(path, allow_unsafe)
     else:
         if path.is_dir() and (path / "config.json").exists():
-            raise CliplabError(f"{path}: has a config.json but is neither a cliplab checkpoint (a valid config.json "
-                               "beside model.safetensors) nor a HF CLIPModel (vision_config and text_config)")
+            raise CliplabError(_unknown_folder(path))
+        if path.is_dir() and (path / "model.safetensors").exists():
+            raise CliplabError(f"{path}: model.safetensors without the config.json that says its architecture")
         if path.is_dir():
             raise CliplabError(f"{path}: a folder that is neither a cliplab checkpoint, a run, nor a HF CLIPModel")
         if not path.exists():
@@ -109,6 +125,9 @@ def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str |
         sd = read_safetensors(path) if path.suffix == ".safetensors" else read_pickle(path, allow_unsafe)
         if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
             raise CliplabError(f"{path}: HF weights without their config.json; load the whole CLIPModel folder")
+        if "text.proj.weight" in sd:
+            raise CliplabError(f"{path}: cliplab weights without their config.json; load the folder that holds "
+                               "both (a file written by `cliplab convert` to a .safetensors name carries its own)")
         sd = {strip_wrappers(k): v for k, v in sd.items()}
         if arch is None and activation is None and not _is_torchscript(path):
             warnings.warn(f"{path}: a bare state dict does not record its activation; assuming OpenAI's "

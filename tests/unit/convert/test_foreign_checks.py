@@ -140,3 +140,23 @@ def test_bad_device_and_classify_defaults(tmp_path):
         cliplab.classify(images, ["red", "blue"], model=loaded, top_k=0)
     assert cliplab.classify(images, ["red", "blue"], model=loaded, templates="{0}") == \
         cliplab.classify(images, ["red", "blue"], model=loaded, templates="{}")
+
+
+def test_incomplete_folders_say_what_they_lack(tmp_path):
+    cfg, model = _vit()
+    ckpt = save_checkpoint(model, CLIPConfig.for_model(cfg), tmp_path / "ckpt")
+    cases = {"run": ({"config.json": json.dumps({"train": {"model": "ViT-Tiny-32px"}})},
+                     "a training run without a checkpoint yet"),
+             "bad_json": ({"config.json": "{not json"}, "config.json: unreadable"),
+             "no_weights": ({"config.json": (ckpt / "config.json").read_text()}, "model.safetensors is missing"),
+             "no_config": ({"model.safetensors": (ckpt / "model.safetensors").read_bytes()},
+                           "model.safetensors without the config.json")}
+    for name, (files, message) in cases.items():
+        (tmp_path / name).mkdir()
+        for fname, content in files.items():
+            target = tmp_path / name / fname
+            target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
+        with pytest.raises(CliplabError, match=message):
+            load_model(tmp_path / name)
+    with pytest.raises(CliplabError, match=r"cliplab weights without their config\.json"):
+        load_model(tmp_path / "no_config" / "model.safetensors")
