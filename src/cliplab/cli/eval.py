@@ -85,7 +85,13 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     import cliplab
     from cliplab.eval.datasets import make_loader
     from cliplab.eval.plots import plot_confusion
-    from cliplab.eval.zeroshot import resolve_templates, save_classifier, zero_shot_classifier, zero_shot_evaluate
+    from cliplab.eval.zeroshot import (
+        resolve_templates,
+        save_classifier,
+        text_fingerprint,
+        zero_shot_classifier,
+        zero_shot_evaluate,
+    )
 
     if args.confusion_png:
         _check_figure_path(args.confusion_png)
@@ -104,11 +110,14 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         if saved.weights.shape[0] != model.cfg.embed_dim:
             raise CliplabError(f"{args.load_classifier}: {saved.weights.shape[0]}-d class weights for a model "
                                f"with {model.cfg.embed_dim}-d embeddings")
+        if saved.text_fingerprint not in (None, text_fingerprint(model)):
+            raise CliplabError(f"{args.load_classifier}: built with another text tower than {args.checkpoint}'s; "
+                               "build it again from this model (drop --load-classifier)")
         classifier, templates = saved.weights.to(device), list(saved.templates)
     else:
         classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
     if args.save_classifier:
-        save_classifier(args.save_classifier, classifier, ds.classnames, templates)
+        save_classifier(args.save_classifier, classifier, ds.classnames, templates, text_fingerprint(model))
     result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device)
     report = {"task": "zeroshot", "checkpoint": str(args.checkpoint), "data": str(args.data),
               "templates": len(templates), **result.to_dict(ds.classnames)}

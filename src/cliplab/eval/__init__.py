@@ -19,6 +19,7 @@ _API = {
     "ZeroShotResult": "cliplab.eval.zeroshot",
     "save_classifier": "cliplab.eval.zeroshot",
     "load_classifier": "cliplab.eval.zeroshot",
+    "text_fingerprint": "cliplab.eval.zeroshot",
     "retrieval_metrics": "cliplab.eval.retrieval",
     "retrieval_ranks": "cliplab.eval.retrieval",
     "linear_probe": "cliplab.eval.linear_probe",

@@ -33,6 +33,7 @@ __all__ = [
     "load_classifier",
     "resolve_templates",
     "save_classifier",
+    "text_fingerprint",
     "zero_shot_classifier",
     "zero_shot_evaluate",
 ]
@@ -178,12 +179,29 @@ class SavedClassifier(NamedTuple):
     weights: torch.Tensor  # (D, C)
     classnames: list[str]
     templates: list[str]
+    text_fingerprint: str | None = None  # of the text tower that embedded the prompts (None: not recorded)
+
+
+def text_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of everything a zero-shot classifier depends on in ``model``: its text tower's tensors and
+    the text projection. A model fine-tuned with the text tower locked keeps it."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("text."):
+            t = tensor.detach().float().cpu().contiguous()
+            digest.update(f"{name}{tuple(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_classifier(
-    path: str | os.PathLike[str], weights: torch.Tensor, classnames: Sequence[str], templates: Sequence[str] | str
+    path: str | os.PathLike[str], weights: torch.Tensor, classnames: Sequence[str], templates: Sequence[str] | str,
+    fingerprint: str | None = None,
 ) -> None:
-    """Write the (D, C) weights as safetensors with the class names and templates in its metadata (atomic)."""
+    """Write the (D, C) weights as safetensors with the class names, the templates and the text tower's
+    :func:`text_fingerprint` in its metadata (atomic)."""
     from safetensors.torch import save_file
 
     classnames = list(classnames)
@@ -192,13 +210,16 @@ def save_classifier(
         raise CliplabError(f"classifier: weights {tuple(weights.shape)} do not match {len(classnames)} class names")
     meta = {"format": CLASSIFIER_FORMAT, "version": "1",
             "classnames": json.dumps(classnames), "templates": json.dumps(templates)}
+    if fingerprint is not None:
+        meta["text_fingerprint"] = fingerprint
     tensor = weights.detach().float().cpu().contiguous()
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file({"weights": tensor}, str(tmp), metadata=meta)
 
 
 def load_classifier(path: str | os.PathLike[str]) -> SavedClassifier:
-    """Read a classifier written by :func:`save_classifier`: ``(weights (D, C), classnames, templates)``."""
+    """Read a classifier written by :func:`save_classifier`: ``(weights (D, C), classnames, templates,
+    text_fingerprint or None)``."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -215,4 +236,4 @@ def load_classifier(path: str | os.PathLike[str]) -> SavedClassifier:
         raise CliplabError(f"{path}: unreadable classifier ({type(err).__name__}: {err})") from None
     if weights.ndim != 2 or weights.shape[1] != len(classnames):
         raise CliplabError(f"{path}: weights {tuple(weights.shape)} do not match {len(classnames)} class names")
-    return SavedClassifier(weights, classnames, templates)
+    return SavedClassifier(weights, classnames, templates, meta.get("text_fingerprint"))

@@ -74,6 +74,27 @@ def test_json_last_line_and_saved_classifier(setup, capsys):
     assert json.loads((d / "k.json").read_text())["top1"] == first["top1"]
 
 
+def test_saved_classifier_belongs_to_its_text_tower(setup, tmp_path, capsys):
+    d = setup
+    torch = pytest.importorskip("torch")
+    base = ["eval", "zeroshot", "--data", str(d / "data"), "--templates", "simple", "--device", "cpu"]
+    assert main([*base, "--checkpoint", str(d / "ck.safetensors"), "--save-classifier", str(tmp_path / "k.st")]) == 0
+    model, _, _ = cliplab.load(d / "ck.safetensors")
+    with torch.no_grad():
+        model.visual.proj.weight.mul_(2)  # another image tower, the same text tower: the classifier fits
+    save_checkpoint(model, CLIPConfig.for_model(model.cfg), tmp_path / "lit.safetensors")
+    assert main([*base, "--checkpoint", str(tmp_path / "lit.safetensors"), "--load-classifier",
+                 str(tmp_path / "k.st")]) == 0
+    with torch.no_grad():
+        model.text.proj.weight.mul_(2)
+    save_checkpoint(model, CLIPConfig.for_model(model.cfg), tmp_path / "other.safetensors")
+    capsys.readouterr()
+    assert main([*base, "--checkpoint", str(tmp_path / "other.safetensors"), "--load-classifier",
+                 str(tmp_path / "k.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "built with another text tower" in err and "\n" not in err
+
+
 def test_linear_probe_maps_test_classes_by_name(setup, tmp_path, capsys):
     d = setup
     (tmp_path / "test" / "red").mkdir(parents=True)  # only the second of the training classes

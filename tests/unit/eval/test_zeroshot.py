@@ -118,7 +118,8 @@ def test_save_load_classifier_roundtrip(tmp_path):
     assert torch.equal(loaded.weights, w)
     assert loaded.classnames == ["a", "b", "c"]
     assert loaded.templates == ["a photo of a {}.", "the {}."]
-    weights, names, _ = loaded  # unpacks like a tuple
+    weights, names, _, fingerprint = loaded  # unpacks like a tuple
+    assert fingerprint is None  # none given
     assert weights is loaded.weights
     assert names == ["a", "b", "c"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["clf.safetensors"]  # no temporary left
