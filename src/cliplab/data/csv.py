@@ -37,15 +37,22 @@ def read_rows(
         sep = "\t"
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # -sig: drop a BOM
-            return _parse(csv.reader(fh, delimiter=separator(sep)), path, columns)
+            # strict: a quote left open is an error, not a caption that swallows the rest of the file
+            return _parse(csv.reader(fh, delimiter=separator(sep), strict=True), path, columns)
     except OSError as err:
         raise CliplabError(f"{path}: cannot open ({err.strerror})") from None
-    except csv.Error as err:
-        raise CliplabError(f"{path}: malformed CSV ({err})") from None
+
+
+def _malformed(path: Path, line: int, err: csv.Error) -> CliplabError:
+    hint = " (a quote opened there and never closed?)" if "end of data" in str(err) else ""
+    return CliplabError(f"{path}:{line}: malformed CSV ({err}){hint}")
 
 
 def _parse(reader, path: Path, columns: list[str]) -> tuple[list[list[str]], list[int]]:
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise _malformed(path, 1, err) from None
     if header is None:
         raise CliplabError(f"{path}: empty file (expected a header with columns {columns})")
     missing = [c for c in columns if c not in header]
@@ -54,12 +61,18 @@ def _parse(reader, path: Path, columns: list[str]) -> tuple[list[list[str]], lis
         raise CliplabError(f"{path}: missing column(s) {missing}; the header has {header}{hint}")
     idx = [header.index(c) for c in columns]
     rows, lines = [], []
-    for row in reader:
-        if not row:
-            continue
-        rows.append([row[i] if i < len(row) else "" for i in idx])
-        lines.append(reader.line_num)
-    return rows, lines
+    last_end = reader.line_num  # where the last record ended: the next one starts on the line after
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows, lines
+        except csv.Error as err:
+            raise _malformed(path, last_end + 1, err) from None
+        last_end = reader.line_num
+        if row:
+            rows.append([row[i] if i < len(row) else "" for i in idx])
+            lines.append(reader.line_num)
 
 
 class CsvDataset(Dataset):

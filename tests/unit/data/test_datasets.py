@@ -231,3 +231,14 @@ def test_tsv_suffix_means_tabs_by_default(tmp_path):
     (tmp_path / "d.tsv").write_text("filepath\ttitle\na.png\ta photo, with a comma\n")
     rows, lines = read_rows(tmp_path / "d.tsv", ["filepath", "title"])
     assert rows == [["a.png", "a photo, with a comma"]] and lines == [2]
+
+
+def test_a_quote_left_open_is_an_error_naming_its_line(tmp_path):
+    from cliplab.data.csv import read_rows
+
+    (tmp_path / "d.csv").write_text('filepath,title\na.png,fine\nb.png,"never closed\nc.png,x\nd.png,y\n')
+    with pytest.raises(CliplabError, match=r"d\.csv:3: malformed CSV .*never closed"):
+        read_rows(tmp_path / "d.csv", ["filepath", "title"])
+    (tmp_path / "e.csv").write_text('filepath,title\na.png,"a ""quoted"" word"\nb.png,"two\nlines"\n')
+    rows, lines = read_rows(tmp_path / "e.csv", ["filepath", "title"])
+    assert rows == [["a.png", 'a "quoted" word'], ["b.png", "two\nlines"]] and lines == [2, 4]
