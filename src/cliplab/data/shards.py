@@ -76,7 +76,10 @@ class _Errors:
         self.items: list[BadSample] = []
 
     def __call__(self, exn: Exception) -> bool:
-        self.items.append(BadSample(str(getattr(exn, "filename", "") or "shard"), f"unreadable tar data ({exn})"))
+        # webdataset's tar errors carry (reason, stream, url) in args
+        args = [a for a in exn.args if isinstance(a, str)]
+        source = getattr(exn, "filename", None) or (args[-1] if len(args) > 1 else "shard")
+        self.items.append(BadSample(str(source), f"unreadable tar data ({args[0] if args else exn})"))
         return True  # keep going
 
 
@@ -167,9 +170,12 @@ class ShardDataset(IterableDataset):
         elif "json" in raw:
             try:
                 meta = json.loads(raw["json"])
-                caption = next(str(meta[f]) for f in TEXT_FIELDS if f in meta)
-            except (ValueError, StopIteration, TypeError):
-                return BadSample(source, f"json member has no {'/'.join(TEXT_FIELDS)} field")
+            except (ValueError, TypeError):
+                return BadSample(source, "json member is not valid JSON")
+            texts = [meta[f] for f in TEXT_FIELDS if isinstance(meta, dict) and isinstance(meta.get(f), str)]
+            if not texts:
+                return BadSample(source, f"json member has no {'/'.join(TEXT_FIELDS)} field holding a string")
+            caption = next((t for t in texts if t.strip()), texts[0])  # an empty one: make_pair says so
         else:
             return BadSample(source, "no caption member (.txt or .json)")
         # augmentation drawn from (seed, epoch, sample): resumable

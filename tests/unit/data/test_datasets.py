@@ -1,6 +1,7 @@
 """CSV, folder and shard datasets: good rows become pairs, bad ones BadSamples naming file and row."""
 
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,3 +243,40 @@ def test_a_quote_left_open_is_an_error_naming_its_line(tmp_path):
     (tmp_path / "e.csv").write_text('filepath,title\na.png,"a ""quoted"" word"\nb.png,"two\nlines"\n')
     rows, lines = read_rows(tmp_path / "e.csv", ["filepath", "title"])
     assert rows == [["a.png", 'a "quoted" word'], ["b.png", "two\nlines"]] and lines == [2, 4]
+
+
+def _tar(path, members):
+    import io
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def test_json_captions_must_be_strings_and_broken_shards_are_named(tmp_path, transform, tokenizer):
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(buf, format="PNG")
+    png = buf.getvalue()
+    metas = {"a": {"caption": None, "text": "the text"}, "b": {"caption": ["x", "y"]},
+             "c": {"caption": "", "text": "t"}, "d": [1, 2], "e": {"caption": 3}}
+    members = {}
+    for key, meta in metas.items():
+        members.update({f"{key}.png": png, f"{key}.json": __import__("json").dumps(meta).encode()})
+    _tar(tmp_path / "00000.tar", members)
+    (tmp_path / "00001.tar").write_bytes(bytes(range(256)) * 40)  # not a tar at all
+    _tar(tmp_path / "00002.tar", {"f.png": png, "f.txt": b"fine"})
+    (tmp_path / "00002.tar").write_bytes((tmp_path / "00002.tar").read_bytes()[:700])  # truncated
+    ds = ShardDataset(str(tmp_path / "{00000..00002}.tar"), transform, tokenizer, shuffle_buffer=1)
+    items = list(ds)
+    good = {tuple(it[1][:4].tolist()) for it in items if not isinstance(it, BadSample)}
+    assert good == {tuple(tokenizer([t])[0][:4].tolist()) for t in ("the text", "t")}
+    bad = [it for it in items if isinstance(it, BadSample)]
+    by_key = {b.source.rsplit("/", 1)[-1]: b.reason for b in bad if "00000.tar" in b.source}
+    assert set(by_key) == {"b", "d", "e"} and all("holding a string" in r for r in by_key.values())
+    broken = {(Path(b.source).name, b.reason) for b in bad if b.source.endswith(".tar")}
+    assert broken == {("00001.tar", "unreadable tar data (invalid header)"),
+                      ("00002.tar", "unreadable tar data (unexpected end of data)")}
