@@ -59,15 +59,23 @@ class DataConfig:
 def infer_format(train_data: str | None) -> str:
     """The data format a ``--train-data`` value names: none → synthetic, a tar pattern → wds, a CSV/TSV
     file → csv, a folder → folder."""
+    import braceexpand
+
     if not train_data:
         return "synthetic"
-    if ".tar" in train_data or "::" in train_data:
-        return "wds"
     path = Path(train_data)
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     if path.is_dir():
         return "folder"
+    try:
+        first = next(iter(braceexpand.braceexpand(train_data.split("::")[0])), "")
+    except braceexpand.UnbalancedBracesError:
+        first = train_data
+    if "::" in train_data or first.endswith(".tar"):
+        return "wds"
+    if not path.exists():
+        raise CliplabError(f"{train_data}: no such file or folder")
     raise CliplabError(f"{train_data}: cannot tell its data format (not a .csv/.tsv file, a folder or a .tar "
                        "pattern); give --data-format csv|folder|wds")
 
@@ -245,19 +253,37 @@ def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
             if k not in NOT_INHERITED and k in old and old[k] != v]
 
 
+def _is_text(key: str) -> bool:
+    """Whether the dotted training-config ``key`` holds text (``str`` or ``str | None``)."""
+    cls: Any = TrainConfig
+    for part in key.split("."):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return cls is str or cls == (str | None)
+
+
+def _parse_value(raw: str) -> Any:
+    """An override's value as YAML, with YAML 1.1's ``1e-3`` (a string there) read as a number."""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and raw.lstrip("+-")[:1].isdigit():
+        with contextlib.suppress(ValueError):
+            value = float(raw)
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "data.workers=2"]`` applied onto a nested dict (values parsed as YAML)."""
+    """``["optim.lr=1e-3", "data.workers=2"]`` applied onto a nested dict: values parsed as YAML, except that
+    a text setting takes the text as typed (``output=2024-01-01``, ``data.csv_separator=|``)."""
     for item in overrides:
         if "=" not in item:
             raise CliplabError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str) and raw.lstrip("+-")[:1].isdigit():
-            with contextlib.suppress(ValueError):
-                value = float(raw)  # YAML reads 1e-3 as a string
+        value = raw if _is_text(key) and raw not in ("null", "~") else _parse_value(raw)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -278,9 +304,13 @@ def load_train_config(path: str | None = None, overrides: list[str] | None = Non
             data = (json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)) or {}
         except OSError as err:
             raise CliplabError(f"{path}: cannot read config ({err.strerror})") from None
-        except (yaml.YAMLError, json.JSONDecodeError) as err:
-            raise CliplabError(f"{path}: invalid {'JSON' if str(path).endswith('.json') else 'YAML'} "
-                               f"({str(err).splitlines()[0]})") from None
+        except json.JSONDecodeError as err:
+            raise CliplabError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise CliplabError(f"{where}: invalid YAML ({what})") from None
         if not isinstance(data, dict):
             raise CliplabError(f"{path}: expected a mapping at the top level")
         if isinstance(data.get("train"), dict) and set(data) <= {"train", "world_size"}:

@@ -84,3 +84,32 @@ def test_fused_optimizer_steps_like_the_reference_adamw():
 def _group_of(opt, model):
     ids = [{id(p) for p in group["params"]} for group in opt.param_groups]
     return [0 if id(p) in ids[0] else 1 for p in model.parameters()]
+
+
+def test_text_overrides_are_taken_as_typed():
+    cfg = load_train_config(None, ["data.csv_separator=|", "output=2024-01-01", "data.csv_caption_key=yes",
+                                   "data.csv_img_key=007", "tokenizer=null"])
+    assert (cfg.data.csv_separator, cfg.output, cfg.data.csv_caption_key) == ("|", "2024-01-01", "yes")
+    assert cfg.data.csv_img_key == "007" and cfg.tokenizer is None
+    assert load_train_config(None, ["data.csv_separator=#"]).data.csv_separator == "#"
+
+
+def test_config_syntax_errors_name_line_and_column(tmp_path):
+    (tmp_path / "a.yaml").write_text("batch_size: 8\noptim:\n\tlr: 1\n")
+    with pytest.raises(CliplabError, match=r"a\.yaml:3:1: invalid YAML \(found character '\\t'"):
+        load_train_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "b.json").write_text('{"batch_size": 8,\n "optim": }')
+    with pytest.raises(CliplabError, match=r"b\.json:2:11: invalid JSON"):
+        load_train_config(str(tmp_path / "b.json"))
+
+
+def test_data_format_is_told_by_suffix_and_folder_first(tmp_path):
+    from cliplab.train.config import infer_format
+
+    (tmp_path / "pets.tarot").mkdir()
+    (tmp_path / "star.targets.csv").write_text("filepath,title\n")
+    assert infer_format(str(tmp_path / "pets.tarot")) == "folder"
+    assert infer_format(str(tmp_path / "star.targets.csv")) == "csv"
+    assert infer_format("shards/{00000..00009}.tar") == infer_format("a.tar::b.tar") == "wds"
+    with pytest.raises(CliplabError, match="nodir: no such file or folder"):
+        infer_format(str(tmp_path / "nodir"))
