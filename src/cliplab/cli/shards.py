@@ -67,5 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {line}", file=sys.stderr)
     if len(skipped) > 20:
         print(f"... and {len(skipped) - 20} more", file=sys.stderr)
+    if not shards:
+        raise CliplabError(f"{args.input}: no usable image-caption pairs (skipped {len(skipped)}), so no shards")
     print(f"wrote {len(shards)} shard(s) to {args.output}; skipped {len(skipped)} sample(s)")
     return 0

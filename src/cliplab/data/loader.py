@@ -46,6 +46,7 @@ class TrainData:
     batches: Iterator[Any]
     steps_per_epoch: int | None  # None for endless streams (synthetic, resampled shards)
     position: Callable[[], dict[str, int]] | None = None  # where a stream stands, saved for an exact resume
+    left_out: int = 0  # pairs of a map-style dataset that fill no whole batch: a different few each epoch
 
 
 def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, *, rank: int = 0,
@@ -100,7 +101,8 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
     dataset.seed = seed
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
-    return TrainData(iter(loader), sampler.per_epoch)
+    return TrainData(iter(loader), sampler.per_epoch,
+                     left_out=len(dataset) - sampler.per_epoch * batch_size * world_size)
 
 
 class _Epochs:

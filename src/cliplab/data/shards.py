@@ -60,6 +60,9 @@ def expand_urls(pattern: str | Iterable[str]) -> list[str]:
     missing = [u for u in local if not Path(u).exists()]
     if missing:
         raise CliplabError(f"shard {missing[0]} not found ({len(missing)} of {len(urls)} missing)")
+    folder = next((u for u in local if Path(u).is_dir()), None)
+    if folder is not None:
+        raise CliplabError(f"{folder}: a folder, not a tar shard (for a folder of images: --data-format folder)")
     if not urls:
         raise CliplabError(f"no shards match {pattern!r}")
     return urls

@@ -23,15 +23,16 @@ from cliplab.config import CLIPConfig, ModelConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import autocast
-from cliplab.train.config import TrainConfig, infer_format, to_dict
+from cliplab.train.config import TrainConfig, to_dict
 from cliplab.train.optim import build_optimizer, lr_at
 from cliplab.train.resume import Position, restore, resume_checkpoint, resumed_tokenizer
 from cliplab.train.state import rng_state, save_run_checkpoint
 from cliplab.train.step import train_step, unwrap
+from cliplab.train.summary import finish
+from cliplab.train.validation import EvalHook, validation_hook
 
 __all__ = ["RunResult", "train"]
 
-EvalHook = Callable[[torch.nn.Module, int], dict[str, Any]]
 
 
 @dataclass
@@ -210,6 +211,10 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
                             world_size=world, seed=cfg.seed, start_step=drawn,
                             image_size=clip_cfg.model.vision.image_size, position=at.data_position)
     by_epochs = cfg.steps is None and cfg.epochs is not None and not cfg.time_budget_minutes
+    if data.left_out and main and progress and resume_from is None:
+        print(f"note: an epoch is {data.steps_per_epoch} whole batch(es); {data.left_out} pair(s) fill no whole "
+              "batch and are left out of each epoch (different ones each time: every epoch is reshuffled)",
+              flush=True)
     if cfg.steps is not None and cfg.epochs is not None and main and progress and resume_from is None:
         print(f"note: --steps {cfg.steps} decides the length; --epochs {cfg.epochs} is not used", flush=True)
     if total is None or by_epochs:
@@ -237,7 +242,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     hooks = list(eval_hooks)
     eval_every = cfg.eval_every
     if cfg.data.val_data:
-        hooks.append(_validation_hook(cfg, clip_cfg, tokenizer, device, batch_size=cfg.batch_size * world))
+        hooks.append(validation_hook(cfg, clip_cfg, tokenizer, device, batch_size=cfg.batch_size * world))
         eval_every = eval_every or min(cfg.save_every, max(1, total // 10))
     global_batch = cfg.batch_size * cfg.accum_steps * world
     if main and progress:
@@ -261,10 +266,10 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
             dropped += n_all - (n_good * world if n_good >= 2 else 0)  # good pairs no step used
             if bad:
                 bad_total += len(bad)
+                bad_log.write(*({"step": step, "source": b.source, "reason": b.reason} for b in bad))
                 if cfg.data.on_bad_sample == "error":
                     b = bad[0]
                     raise CliplabError(f"bad sample {b.source}: {b.reason} (--on-bad-sample skip to skip such samples)")
-                bad_log.write(*({"step": step, "source": b.source, "reason": b.reason} for b in bad))
             if n_good < 2:  # on some rank a batch with almost nothing usable: nothing to contrast
                 unusable += 1
                 if unusable >= MAX_UNUSABLE_BATCHES:
@@ -342,7 +347,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         bar.close()
     elapsed = time.perf_counter() - t0
     if main:
-        _finish(run_dir, log.history, bad_total, step, elapsed, progress, dropped)
+        finish(run_dir, log.history, bad_total, step, elapsed, progress, dropped)
     return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
 
 
@@ -353,67 +358,3 @@ def _tensorboard(run_dir: Path) -> Any:
         print("note: TensorBoard logging needs the tensorboard package (pip install 'cliplab[train]'); skipped")
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, device: torch.device,
-                     batch_size: int, max_batches: int = 20) -> EvalHook:
-    """Mean contrastive loss on (up to ``max_batches`` batches of) ``data.val_data``, without augmentation.
-    It runs on rank 0 alone, on batches of the global size (per-process batch × processes, so the figure
-    does not depend on the number of processes), with the single-process loss (no gathering)."""
-    from cliplab.data.loader import build_train_data
-    from cliplab.loss.distributed import single_process_loss
-    from cliplab.transforms import image_transform
-
-    try:  # the validation set's own format, from its path (else the training data's)
-        fmt = infer_format(cfg.data.val_data)
-    except CliplabError:
-        fmt = cfg.data.format
-    val_cfg = dataclasses.replace(cfg.data, train_data=cfg.data.val_data, workers=0, format=fmt)
-    preprocess = image_transform(clip_cfg.preprocess, train=False)
-    build_train_data(val_cfg, preprocess, tokenizer, batch_size, seed=0,  # a bad set fails now, not mid-run
-                     image_size=clip_cfg.model.vision.image_size)
-
-    @torch.no_grad()
-    def hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
-        data = build_train_data(val_cfg, preprocess, tokenizer, batch_size, seed=0,
-                                image_size=clip_cfg.model.vision.image_size)
-        n_batches = data.steps_per_epoch or max_batches
-        losses = []
-        model.eval()
-        for _ in range(min(max_batches, n_batches)):
-            batch = next(data.batches)
-            if len(batch) < 2:
-                continue
-            out = model(batch.images.to(device), batch.texts.to(device))
-            losses.append(float(single_process_loss(out.image_embeds, out.text_embeds, out.logit_scale,
-                                                    out.logit_bias, chunk_size=cfg.loss_chunk_size, loss=cfg.loss)))
-        model.train()
-        if not losses:
-            print(f"note: no batch of --val-data {cfg.data.val_data} had 2 usable pairs, so no validation loss "
-                  f"at step {step} (bad samples in it are not listed)", flush=True)
-        return {"val_loss": sum(losses) / len(losses)} if losses else {}
-
-    return hook
-
-
-def _finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, seconds: float,
-            progress: bool, dropped: int = 0) -> None:
-    summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad, "dropped_pairs": dropped,
-               "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}  # JSON: no NaN
-    write_json(run_dir / "summary.json", summary)
-    if history:
-        from cliplab.train.curves import plot_curves
-
-        try:
-            plot_curves(history, run_dir / "curves.png")
-        except ModuleNotFoundError as err:  # matplotlib comes with the [train] extra
-            if not (err.name or "").startswith("matplotlib"):
-                raise
-            print("note: matplotlib is not installed, so no curves.png (pip install 'cliplab[train]')", flush=True)
-    if progress:
-        note = f"; skipped {bad} bad sample(s), listed in {run_dir / 'bad_samples.jsonl'}" if bad else ""
-        if dropped:
-            note += (f"; left out {dropped} good pair(s) so that every process's share of a batch was equal "
-                     "(bad samples or short last batches on some ranks)")
-        loss = "" if summary["final_loss"] is None else f", final loss {summary['final_loss']}"
-        print(f"done: {steps} steps in {seconds:.0f} s{loss}{note}", flush=True)

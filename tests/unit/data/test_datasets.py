@@ -280,3 +280,11 @@ def test_json_captions_must_be_strings_and_broken_shards_are_named(tmp_path, tra
     broken = {(Path(b.source).name, b.reason) for b in bad if b.source.endswith(".tar")}
     assert broken == {("00001.tar", "unreadable tar data (invalid header)"),
                       ("00002.tar", "unreadable tar data (unexpected end of data)")}
+
+
+def test_shards_refuse_a_folder_and_an_input_without_pairs(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(CliplabError, match="a folder, not a tar shard"):
+        expand_urls(str(tmp_path / "imgs"))
+    assert main(["shards", "--input", str(tmp_path / "imgs"), "--output", str(tmp_path / "out")]) == 2
+    assert "no usable image-caption pairs" in capsys.readouterr().err
