@@ -173,7 +173,8 @@ def classify(
     (N, 3, S, S); ``templates`` is one template,
     a list (ensembled), or a built-in template-set name such as ``"openai-imagenet"``. Without
     ``preprocess`` or ``tokenizer``, those of the checkpoint the model was loaded from are used (for a model
-    made with ``create_model``: OpenAI's statistics and tokenizer).
+    made with ``create_model``: OpenAI's statistics and tokenizer). The model runs in eval mode (its mode is
+    restored afterwards) and the images are cast to its parameters' device and dtype.
     """
     from cliplab.eval.zeroshot import zero_shot_classifier
     from cliplab.transforms import as_pixels
@@ -194,12 +195,19 @@ def classify(
         return []
     if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
         templates = [templates]
-    device = next(model.parameters()).device
-    classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=device)  # (D, C)
+    param = next(model.parameters())
+    # the pixels meet the image tower's first convolution: its weight's dtype (bf16 / fp16 in a cast model)
+    stem = next((m.weight for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d)), param)
     pixels = torch.stack([as_pixels(im, preprocess, f"classify: image {i}")  # (N, 3, S, S)
-                          for i, im in enumerate(images)]).to(device)
-    feats = model.encode_image(pixels, normalize=True)  # (N, D)
-    probs = (model.scale() * feats @ classifier.to(feats.dtype)).softmax(dim=-1)  # (N, C)
+                          for i, im in enumerate(images)]).to(device=param.device, dtype=stem.dtype)
+    was_training = model.training
+    model.eval()  # BatchNorm on running statistics, no dropout: an image's scores do not depend on its batch
+    try:
+        classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=param.device)  # (D, C)
+        feats = model.encode_image(pixels, normalize=True).float()  # (N, D)
+        probs = (model.scale().float() * feats @ classifier.float()).softmax(dim=-1)  # (N, C)
+    finally:
+        model.train(was_training)
     k = len(labels) if top_k is None else min(top_k, len(labels))
     scores, idx = probs.topk(k, dim=-1)
     return [

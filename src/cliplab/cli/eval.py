@@ -70,6 +70,25 @@ def _dataset(path: str, args: argparse.Namespace, preprocess: Any) -> Any:
                            sep=args.csv_separator, classnames=names)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: every file the run will write (--output-json, --confusion-png, --save-classifier) can
+    be written where it is asked for, so a finished evaluation is never lost to a bad path."""
+    from pathlib import Path
+
+    from cliplab.errors import CliplabError
+
+    for flag in ("output", "confusion_png", "save_classifier"):
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise CliplabError(f"{path}: is a directory (give a file name to write)")
+        parent = next((p for p in target.parents if p.exists()), Path("."))
+        if not parent.is_dir():
+            raise CliplabError(f"{path}: {parent} is a file, not a folder")
+
+
 def _report(args: argparse.Namespace, report: dict[str, Any], lines: list[str]) -> int:
     from cliplab.fileio import write_json
 
@@ -93,13 +112,14 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         zero_shot_evaluate,
     )
 
+    _check_outputs(args)
     if args.confusion_png:
         _check_figure_path(args.confusion_png)
+    templates = None if args.load_classifier else resolve_templates(args.templates)  # a loaded one has its own
     model, preprocess, tokenizer = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
     ds = _dataset(args.data, args, preprocess)
-    templates = resolve_templates(args.templates)
-    if args.load_classifier:
+    if templates is None:
         from cliplab.errors import CliplabError
         from cliplab.eval.zeroshot import load_classifier
 
@@ -165,14 +185,15 @@ def _per_class_table(rows: list[dict[str, Any]], limit: int = 40) -> list[str]:
     return out
 
 
-def _encode_images(model: Any, paths: list[Any], preprocess: Any, args: argparse.Namespace, device: Any) -> Any:
+def _encode_images(model: Any, paths: list[Any], sources: list[str], preprocess: Any, args: argparse.Namespace,
+                   device: Any) -> Any:
+    """Normalised image embeddings (Ni, D) on the CPU; a missing or broken image is a one-line error naming
+    ``sources[i]`` (its CSV row), with any number of workers."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from cliplab.transforms import load_image
+    from cliplab.eval.datasets import ImageListDataset, make_loader
 
-    loader = DataLoader(paths, batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=lambda batch: torch.stack([preprocess(load_image(p)) for p in batch]))
+    loader = make_loader(ImageListDataset(paths, sources, preprocess), args.batch_size, args.workers)
     with torch.no_grad():
         return torch.cat([model.encode_image(x.to(device), normalize=True).float().cpu() for x in loader])
 
@@ -202,26 +223,33 @@ def run_retrieval(args: argparse.Namespace) -> int:
     import cliplab
     from cliplab.data.csv import read_rows
     from cliplab.errors import CliplabError
+    from cliplab.eval.datasets import check_utf8
     from cliplab.eval.retrieval import retrieval_metrics
     from cliplab.model.text_transformer import batches_by_length
 
+    _check_outputs(args)
     model, preprocess, tokenizer = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
     rows, lines = read_rows(args.data, [args.csv_img_key, args.csv_caption_key], args.csv_separator)
     if not rows:
         raise CliplabError(f"{args.data}: no data rows")
     index: dict[str, int] = {}  # normalised image path -> image number
+    sources: list[str] = []  # per image: the CSV row that first lists it
     captions, owners = [], []  # every caption, and its image's number
     for (image, cell), line in zip(rows, lines, strict=True):
-        texts = _captions(cell, f"{args.data}:{line}")
+        where = f"{args.data}:{line}"
+        check_utf8(cell, where, "caption")
+        texts = _captions(cell, where)
         if not image.strip() or not texts:
-            raise CliplabError(f"{args.data}:{line}: empty image path or caption")
+            raise CliplabError(f"{where}: empty image path or caption")
         key = os.path.normpath(image.strip())
-        index.setdefault(key, len(index))
+        if key not in index:
+            index[key] = len(index)
+            sources.append(where)
         captions += texts
         owners += [index[key]] * len(texts)
     root = Path(args.data).parent
-    image_emb = _encode_images(model, [root / p for p in index], preprocess, args, device)  # (Ni, D)
+    image_emb = _encode_images(model, [root / p for p in index], sources, preprocess, args, device)  # (Ni, D)
     cut = sum(len(tokenizer.encode(c)) + 2 > tokenizer.context_length for c in captions)
     tokens = tokenizer(captions, truncate=True)  # (Nt, L): long captions cut, as OpenAI's and open_clip's evals do
     text_emb = torch.empty(len(captions), model.cfg.embed_dim)  # (Nt, D)
@@ -242,12 +270,26 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
 def _to_train_labels(labels: Any, test_classes: list[str], train_classes: list[str]) -> Any:
     """Test labels renumbered as the training set numbers its classes (the two sets number their own class
-    folders or CSV labels); every test class must be a training class."""
+    folders or CSV labels); every test class that has samples must be a training class (-1 marks the others,
+    which no label refers to)."""
     import torch
 
     where = {name: i for i, name in enumerate(train_classes)}
-    table = torch.tensor([where[name] for name in test_classes])  # (C_test,)
+    table = torch.tensor([where.get(name, -1) for name in test_classes])  # (C_test,)
     return table[labels]  # (N,)
+
+
+def _check_probe_classes(args: argparse.Namespace, train: Any, test: Any) -> None:
+    """Every class the test set has images of needs training images; classes with no images (an empty class
+    folder) are left out on both sides, by name."""
+    from cliplab.errors import CliplabError
+    from cliplab.eval.datasets import classes_with_samples
+
+    trained = classes_with_samples(train)
+    missing = [name for name in classes_with_samples(test) if name not in set(trained)]
+    if missing:
+        raise CliplabError(f"{args.test}: test classes with no training images: {_short(missing)}; the training "
+                           f"set has images of {_short(trained)} (class names must match exactly)")
 
 
 def run_linear_probe(args: argparse.Namespace) -> int:
@@ -255,15 +297,11 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     from cliplab.eval.datasets import make_loader
     from cliplab.eval.linear_probe import extract_features, few_shot_probe, linear_probe
 
+    _check_outputs(args)
     model, preprocess, _ = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
     train, test = _dataset(args.train, args, preprocess), _dataset(args.test, args, preprocess)
-    missing = [name for name in test.classes if name not in set(train.classes)]
-    if missing:
-        from cliplab.errors import CliplabError
-
-        raise CliplabError(f"{args.test}: test classes with no training images: {_short(missing)}; the training "
-                           f"set has {_short(train.classes)} (class names must match exactly)")
+    _check_probe_classes(args, train, test)
     xtr, ytr = extract_features(model, make_loader(train, args.batch_size, args.workers), device)
     xte, yte = extract_features(model, make_loader(test, args.batch_size, args.workers), device)
     yte = _to_train_labels(yte, test.classes, train.classes)

@@ -3,10 +3,13 @@
 * :class:`ClassFolderDataset`: ``root/<class>/<image>``; classes are the sub-folder names in sorted order.
 * :class:`LabelCsvDataset`: a CSV with an image-path column and a label column. Labels are class indices
   (integers) or class names; relative paths are resolved against the CSV's folder.
+* :class:`ImageListDataset`: images by path, each naming where it was listed (``file.csv:row``), for retrieval.
 
-Both yield ``(transform(image), label)``. ``classnames`` (a list in class order, or a mapping from folder /
-label name to display name) renames the classes, e.g. WordNet ids to readable names. An unreadable image
-raises a one-line :class:`~cliplab.errors.CliplabError` naming the file: evaluation does not skip data.
+The first two yield ``(transform(image), label)``, the third ``transform(image)``. ``classnames`` (a list in
+class order, or a mapping from folder / label name to display name) renames the classes, e.g. WordNet ids to
+readable names. An unreadable image raises a one-line :class:`~cliplab.errors.CliplabError` naming the file:
+evaluation does not skip data. So does a CSV cell whose bytes are not UTF-8 (training would drop the row; a
+class name must be readable).
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from cliplab.data.folder import IMAGE_EXTENSIONS
 from cliplab.errors import CliplabError
+from cliplab.eval.prompts import is_integer
 
-__all__ = ["ClassFolderDataset", "LabelCsvDataset", "make_loader"]
+__all__ = [
+    "ClassFolderDataset",
+    "ImageListDataset",
+    "LabelCsvDataset",
+    "check_utf8",
+    "classes_with_samples",
+    "make_loader",
+]
 
 Transform = Callable[[Any], torch.Tensor]
 ClassNames = Sequence[str] | Mapping[str, str] | None
@@ -39,6 +50,21 @@ def _load(path: Path, source: str, transform: Transform) -> torch.Tensor:
         return transform(image)
     except ImageError as err:  # load_image's errors name the file; the transform's cannot
         raise ImageError(f"{path}: {err}") from None
+
+
+def check_utf8(text: str, where: str, what: str) -> None:
+    """Refuse a CSV cell that was not UTF-8: :func:`~cliplab.data.csv.read_rows` keeps such bytes as lone
+    surrogates (``errors="surrogateescape"``), which print as mojibake and break figures."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliplabError(f"{where}: {what} is not valid UTF-8") from None
+
+
+def classes_with_samples(dataset: ClassFolderDataset | LabelCsvDataset) -> list[str]:
+    """The entries of ``dataset.classes`` that at least one sample is labelled with, in class order."""
+    used = {label for _, label in dataset.samples}
+    return [name for i, name in enumerate(dataset.classes) if i in used]
 
 
 def _rename(labels: list[str], classnames: ClassNames, where: str) -> list[str]:
@@ -67,6 +93,8 @@ class ClassFolderDataset(Dataset):
         if not self.classes:
             raise CliplabError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
         self.classnames = _rename(self.classes, classnames, str(self.root))
+        for folder, name in zip(self.classes, self.classnames, strict=True):  # a name the prompts and plots use
+            check_utf8(name, f"{self.root}: class folder {folder!r}", "its name")
         self.samples: list[tuple[Path, int]] = [
             (p, label)
             for label, name in enumerate(self.classes)
@@ -107,8 +135,9 @@ class LabelCsvDataset(Dataset):
         for (image, label), line in zip(rows, lines, strict=True):
             if not image.strip() or not label.strip():
                 raise CliplabError(f"{self.path}:{line}: empty {img_key if not image.strip() else label_key!r}")
+            check_utf8(label, f"{self.path}:{line}", "label")
         raw = [label.strip() for _, label in rows]
-        if all(label.lstrip("-").isdigit() for label in raw):
+        if all(is_integer(label) for label in raw):
             labels = [int(label) for label in raw]
             n = max(labels) + 1
             if classnames is not None and not isinstance(classnames, Mapping):
@@ -140,6 +169,22 @@ class LabelCsvDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
         return _load(path, self.sources[i], self.transform), label
+
+
+class ImageListDataset(Dataset):
+    """``transform(image)`` for each path; ``sources[i]`` (e.g. ``file.csv:row``) names where path ``i`` was
+    listed, in the error for a missing image."""
+
+    def __init__(self, paths: Sequence[Path], sources: Sequence[str], transform: Transform) -> None:
+        if len(paths) != len(sources):
+            raise CliplabError(f"{len(paths)} image paths but {len(sources)} sources")
+        self.paths, self.sources, self.transform = list(paths), list(sources), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return _load(self.paths[i], self.sources[i], self.transform)
 
 
 def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int = 0) -> DataLoader:

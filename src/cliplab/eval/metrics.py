@@ -1,4 +1,10 @@
-"""Classification metrics as pure functions of logits, predictions and labels."""
+"""Classification metrics as pure functions of logits, predictions and labels.
+
+Ties are **pessimistic**, as in :mod:`cliplab.eval.retrieval`: the rank of the true class is the number of
+classes whose logit is at least the true class's (``>=``, itself included), so a collapsed classifier whose
+logits are all equal gets rank C, never 1. :func:`predictions` follows the same rule, so that top-1 accuracy
+always equals the confusion matrix's trace over the number of samples. A NaN logit counts as -inf.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,45 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["confusion_matrix", "mean_per_class_recall", "per_class_recall", "topk_correct"]
+__all__ = [
+    "confusion_matrix",
+    "mean_per_class_recall",
+    "per_class_recall",
+    "predictions",
+    "topk_correct",
+    "true_class_rank",
+]
+
+
+def _finite_order(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` as float with NaN replaced by -inf, so that a NaN never wins a comparison."""
+    return logits.float().nan_to_num(nan=float("-inf"))
+
+
+def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1-based rank (N,) of each row's label among its logits (N, C): classes scoring ``>=`` it, itself included."""
+    scores = _finite_order(logits)
+    labels = labels.long().view(-1, 1).to(scores.device)  # (N, 1)
+    own = scores.gather(1, labels)  # (N, 1)
+    return (scores >= own).sum(dim=1)  # (N,)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
-    """How many rows have their label among the ``k`` highest logits, for each ``k`` (capped at the class count)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices  # (N, kmax)
-    hit = top == labels.view(-1, 1)  # (N, kmax)
-    return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
+    """How many rows rank their label within the top ``k`` (pessimistic ties), for each ``k``."""
+    rank = true_class_rank(logits, labels)  # (N,)
+    return {k: int((rank <= k).sum()) for k in ks}
+
+
+def predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Predicted class (N,) under the pessimistic tie rule: the label when it alone has the highest logit,
+    otherwise the first other class with the highest logit. ``pred == label`` exactly when the rank is 1."""
+    scores = _finite_order(logits)
+    labels = labels.long().view(-1).to(scores.device)  # (N,)
+    at_max = scores >= scores.max(dim=1, keepdim=True).values  # (N, C)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    at_max[rows, labels] = False  # (N, C): other classes sharing the maximum
+    rival = at_max.any(dim=1)  # (N,)
+    return torch.where(rival, at_max.long().argmax(dim=1), labels)  # argmax of bools: the first True
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

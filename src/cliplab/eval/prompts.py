@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "BUILTIN_CLASSNAMES",
     "BUILTIN_TEMPLATES",
     "check_template",
+    "is_integer",
     "load_classnames",
     "load_templates",
     "read_list",
@@ -31,6 +33,12 @@ __all__ = [
 
 BUILTIN_TEMPLATES = {"openai-imagenet": "openai-imagenet.txt", "simple": "simple.txt"}
 BUILTIN_CLASSNAMES = {"imagenet": "classnames-imagenet.txt"}
+_INTEGER = re.compile(r"-?[0-9]+")  # not str.isdigit(): "²" and "--1".lstrip("-") pass it, int() refuses them
+
+
+def is_integer(text: str) -> bool:
+    """Whether ``text`` is a plain decimal integer such as ``7`` or ``-1`` (no sign tricks, no other digits)."""
+    return _INTEGER.fullmatch(text) is not None
 
 
 def _builtin_text(filename: str) -> str:
@@ -45,7 +53,7 @@ def _parse_lines(text: str) -> list[str]:
 def _parse_json(value: object, where: str) -> list[str]:
     if isinstance(value, dict):
         keys = list(value)
-        if all(isinstance(k, str) and k.lstrip("-").isdigit() for k in keys):
+        if all(isinstance(k, str) and is_integer(k) for k in keys):
             keys = sorted(keys, key=int)
         value = [value[k] for k in keys]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -120,7 +128,7 @@ def load_classnames(name_or_path: str | os.PathLike[str], keyed: bool = False) -
     if keyed and str(name_or_path) not in BUILTIN_CLASSNAMES and path.is_file():
         with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and data and not all(k.lstrip("-").isdigit() for k in data):
+            if isinstance(data, dict) and data and not all(is_integer(k) for k in data):
                 if not all(isinstance(v, str) and v.strip() for v in data.values()):
                     raise CliplabError(f"{path}: expected an object of non-empty strings")
                 return {k: v.strip() for k, v in data.items()}

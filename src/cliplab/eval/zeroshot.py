@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from cliplab.errors import CliplabError
-from cliplab.eval.metrics import confusion_matrix, mean_per_class_recall, per_class_recall, topk_correct
+from cliplab.eval.metrics import (
+    confusion_matrix,
+    mean_per_class_recall,
+    per_class_recall,
+    predictions,
+    topk_correct,
+)
 from cliplab.eval.prompts import check_template, load_templates
 from cliplab.fileio import atomic_path
 from cliplab.model.text_transformer import batches_by_length
@@ -149,7 +155,9 @@ def zero_shot_evaluate(
 ) -> ZeroShotResult:
     """Classify every image of ``batches`` ((B, 3, H, W) images, (B,) labels) with ``classifier`` (D, C).
 
-    ``top5`` is top-min(5, C). ``mean_per_class_recall`` averages over the classes that have samples.
+    ``top5`` is top-min(5, C). ``mean_per_class_recall`` averages over the classes that have samples. Ties are
+    pessimistic (see :mod:`cliplab.eval.metrics`): a class tied with the true one for the highest logit is
+    the prediction, so ``top1`` is the confusion matrix's trace over ``n``.
     """
     num_classes = classifier.shape[1] if num_classes is None else num_classes
     if num_classes != classifier.shape[1]:
@@ -166,7 +174,7 @@ def zero_shot_evaluate(
         logits = (feats @ weights).cpu()  # (B, C)
         hits = topk_correct(logits, labels, (1, 5))
         hits1, hits5, n = hits1 + hits[1], hits5 + hits[5], n + labels.numel()
-        confusion += confusion_matrix(logits.argmax(dim=1), labels, num_classes)
+        confusion += confusion_matrix(predictions(logits, labels), labels, num_classes)
     if n == 0:
         raise CliplabError("zero-shot evaluation: the dataset yielded no images")
     return ZeroShotResult(hits1 / n, hits5 / n, mean_per_class_recall(confusion), confusion, n)

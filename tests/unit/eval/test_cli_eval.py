@@ -230,3 +230,76 @@ def test_probe_says_when_c_was_not_searched(setup, tmp_path, capsys):
     assert main(["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--train", str(tmp_path / "one"),
                  "--test", str(d / "data"), "--device", "cpu"]) == 0
     assert "C was not searched (fixed at 1)" in capsys.readouterr().out
+
+
+def test_probe_compares_the_classes_that_have_images(setup, tmp_path, capsys):
+    d = setup
+    for split, name, count in [("train", "red", 2), ("train", "green", 2), ("train", "blue", 0),
+                               ("test", "blue", 1), ("test", "red", 1), ("empty", "red", 1), ("empty", "fox", 0)]:
+        (tmp_path / split / name).mkdir(parents=True)
+        for j in range(count):
+            Image.new("RGB", (40, 40), (0, 0, 255) if name == "blue" else (255, 0, 0)).save(
+                tmp_path / split / name / f"{j}.png")
+    base = ["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--device", "cpu"]
+    # an empty training folder is no training class: its test images cannot be scored
+    assert main([*base, "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "test classes with no training images: ['blue']" in err and "\n" not in err
+    # an empty test folder asks nothing of the training set
+    assert main([*base, "--train", str(d / "data"), "--test", str(tmp_path / "empty"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["n_test"] == 1
+
+
+@pytest.mark.parametrize(("task", "header", "message"), [
+    ("retrieval", b"filepath,title", "bad.csv:3: caption is not valid UTF-8"),
+    ("zeroshot", b"filepath,label", "bad.csv:3: label is not valid UTF-8"),
+])
+def test_non_utf8_csv_cells_are_one_line_errors(setup, tmp_path, capsys, task, header, message):
+    d = setup
+    (d / "bad.csv").write_bytes(header + b"\ndata/red/0.png,red\ndata/green/1.png,gr\xfcn\n")
+    extra = ["--templates", "simple", "--confusion-png", str(tmp_path / "c.png")] if task == "zeroshot" else []
+    assert main(["eval", task, "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "bad.csv"),
+                 "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {d / message}"
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_retrieval_missing_image_names_the_row(setup, capsys, workers):
+    d = setup
+    (d / "miss.csv").write_text("filepath,title\ndata/red/0.png,red\ndata/red/gone.png,a lost square\n")
+    assert main(["eval", "retrieval", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "miss.csv"),
+                 "--device", "cpu", "--workers", workers]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {d / 'miss.csv'}:3: image ") and "gone.png does not exist" in err
+    assert "\n" not in err
+
+
+def test_loaded_classifier_needs_no_templates(setup, tmp_path, capsys):
+    d = setup
+    (tmp_path / "tpl.txt").write_text("no placeholder\n")
+    base = ["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "data"),
+            "--device", "cpu"]
+    assert main([*base, "--templates", "simple", "--save-classifier", str(tmp_path / "k.safetensors")]) == 0
+    assert main([*base, "--templates", str(tmp_path / "tpl.txt"),
+                 "--load-classifier", str(tmp_path / "k.safetensors")]) == 0
+    assert "1 templates" in capsys.readouterr().out  # the saved classifier's own
+
+
+@pytest.mark.parametrize(("task", "flag"), [
+    ("zeroshot", "--output"), ("zeroshot", "--output-json"), ("zeroshot", "--confusion-png"),
+    ("zeroshot", "--save-classifier"), ("retrieval", "--output-json"), ("linear-probe", "--output"),
+])
+def test_output_paths_are_checked_before_any_work(setup, tmp_path, capsys, task, flag):
+    d = setup
+    data = {"zeroshot": ["--data", str(d / "data")], "retrieval": ["--data", str(d / "cap.csv")],
+            "linear-probe": ["--train", str(d / "data"), "--test", str(d / "data")]}[task]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("")
+    # no such checkpoint: the error must come before the model is loaded
+    base = ["eval", task, "--checkpoint", str(tmp_path / "none.safetensors"), *data, "--device", "cpu"]
+    taken, under_file = tmp_path / "taken", tmp_path / "file" / "out.png"
+    assert main([*base, flag, str(taken)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {taken}: is a directory (give a file name to write)"
+    assert main([*base, flag, str(under_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {under_file}: {tmp_path / 'file'} is a file, not a folder"

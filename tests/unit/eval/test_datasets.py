@@ -108,3 +108,30 @@ def test_csv_errors_name_the_row(folder, tmp_path):
         LabelCsvDataset(csv, stand_in)[0]
     with pytest.raises(CliplabError, match="missing column"):
         LabelCsvDataset(csv, stand_in, label_key="class")
+
+
+@pytest.mark.parametrize("odd", ["--1", "²", "-"])
+def test_csv_labels_int_rejects_are_class_names(folder, tmp_path, odd):
+    csv = write_csv(tmp_path / "odd.csv", [("val/n01_red/0.png", odd), ("val/n02_green/1.png", 2)])
+    ds = LabelCsvDataset(csv, stand_in)
+    assert ds.classes == sorted([odd, "2"]) and len(ds) == 2
+
+
+@pytest.mark.parametrize("bad", [b"caf\xe9", b"\xff"])
+def test_csv_labels_must_be_utf8(folder, tmp_path, bad):
+    path = tmp_path / "l.csv"  # read_rows keeps such bytes as lone surrogates ("\udce9")
+    path.write_bytes(b"filepath,label\nval/n02_green/0.png,green\nval/n01_red/0.png," + bad + b"\n")
+    with pytest.raises(CliplabError, match=r"l\.csv:3: label is not valid UTF-8"):
+        LabelCsvDataset(path, stand_in)
+
+
+def test_folder_names_must_be_utf8_unless_renamed(folder):
+    import os
+
+    odd = os.fsdecode(b"n04_caf\xe9")  # a folder name that is not UTF-8 comes back with a lone surrogate
+    (folder / odd).mkdir()
+    Image.new("RGB", (10, 10)).save(folder / odd / "0.png")
+    with pytest.raises(CliplabError, match=r"class folder 'n04_caf\\udce9': its name is not valid UTF-8"):
+        ClassFolderDataset(folder, stand_in)
+    ds = ClassFolderDataset(folder, stand_in, classnames=["red", "green", "blue", "café"])
+    assert ds.classnames[-1] == "café"

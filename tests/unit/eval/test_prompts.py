@@ -74,3 +74,12 @@ def test_malformed_json(tmp_path):
     path.write_text('[1, 2]')
     with pytest.raises(CliplabError, match="list of strings"):
         load_classnames(path)
+
+
+@pytest.mark.parametrize("key", ["--1", "²", "-"])
+def test_keys_int_rejects_are_names_not_a_crash(tmp_path, key):
+    # "--1" and "²" pass str.isdigit() after lstrip("-") but int() refuses them: they are names
+    obj = tmp_path / "o.json"
+    obj.write_text(json.dumps({key: "odd", "0": "zero"}))
+    assert load_classnames(obj) == ["odd", "zero"]  # not all integer keys: file order
+    assert load_classnames(obj, keyed=True) == {key: "odd", "0": "zero"}

@@ -151,3 +151,36 @@ def test_plot_confusion_writes_a_png(tmp_path):
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size[0] > 100
     assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]
+
+
+def test_collapsed_text_tower_ties_count_as_wrong_everywhere():
+    # every class has the same weight (a collapsed text tower): all logits of a row tie, so no class is found
+    c = 10
+    classifier = torch.ones(c, c) / math.sqrt(c)  # (D, C): identical columns
+    feats = torch.eye(c)[[0, 3, 5, 8, 9, 1]]  # one non-zero feature: every logit is exactly 1/sqrt(10)
+    res = zero_shot_evaluate(ToyEncoder(torch.eye(c)), classifier,
+                             [(images_from_features(feats), torch.full((6,), 8))])
+    assert res.top1 == 0.0 and res.top5 == 0.0
+    assert int(res.confusion.trace()) == 0 and int(res.confusion[8, 0]) == 6  # first tied class other than 8
+    assert res.mean_per_class_recall == 0.0
+
+
+def test_pessimistic_ranks_predictions_and_top1_agree_with_the_confusion_matrix():
+    from cliplab.eval.metrics import predictions, topk_correct, true_class_rank
+
+    logits = torch.tensor([
+        [1.0, 3.0, 3.0, 0.0],  # label 1 tied with 2 for the top: rank 2, predicted 2
+        [2.0, 1.0, 1.0, 1.0],  # label 0 alone on top: rank 1
+        [0.0, 0.0, 0.0, 0.0],  # all tied: rank 4, predicted 0
+        [float("nan"), 1.0, 0.0, 0.0],  # a NaN true logit ranks last
+    ])
+    labels = torch.tensor([1, 0, 3, 0])
+    assert true_class_rank(logits, labels).tolist() == [2, 1, 4, 4]
+    assert predictions(logits, labels).tolist() == [2, 0, 0, 1]
+    assert topk_correct(logits, labels, (1, 2, 4, 9)) == {1: 1, 2: 2, 4: 4, 9: 4}
+    # many ties: top-1 hits are exactly the confusion matrix's diagonal
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randint(0, 3, (200, 5), generator=gen).float() + 1  # (N, C) with frequent ties
+    y = torch.randint(0, 5, (200,), generator=gen)
+    res = zero_shot_evaluate(ToyEncoder(torch.eye(5)), torch.eye(5), [(images_from_features(feats, 5), y)])
+    assert res.top1 * res.n == pytest.approx(float(res.confusion.trace()))
