@@ -112,3 +112,17 @@ def test_an_error_on_one_rank_is_one_line_on_every_rank(tmp_path):
     assert "error: the shards yielded no samples" in res.stderr
     assert "error: process 0: lost contact with the other processes" in res.stderr
     assert "[rank0]: Traceback" not in res.stderr
+
+
+def test_compiled_ddp_trains_like_one_eager_process(tmp_path):
+    """`--compile` under torchrun: the compiled module is wrapped by DDP and unwrapped for checkpoints."""
+    csv = _data(tmp_path / "data")
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(csv, one, 1, 16)
+    _train(csv, two, 2, 8, "--compile")
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (one, two)]
+    assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    _, sd1 = load_checkpoint(resolve_run_dir(one))
+    _, sd2 = load_checkpoint(resolve_run_dir(two))
+    assert sd1.keys() == sd2.keys()
