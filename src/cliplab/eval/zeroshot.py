@@ -68,6 +68,23 @@ def resolve_templates(templates: Sequence[str] | str) -> list[str]:
 
 
 @torch.no_grad()
+def _tokenize(tokenizer: Any, prompts: list[str], classnames: list[str], classes: torch.Tensor) -> torch.Tensor:
+    """``tokenizer(prompts)``; a prompt too long for the context names its class, which the user can rename."""
+    from cliplab.tokenizer import TokenizerError
+
+    try:
+        return tokenizer(prompts)
+    except TokenizerError:
+        for prompt, c in zip(prompts, classes.tolist(), strict=False):
+            try:
+                tokenizer([prompt])
+            except TokenizerError as err:
+                name = classnames[c] if len(classnames[c]) <= 40 else classnames[c][:37] + "..."
+                raise CliplabError(f"class {name!r}: {err.args[0].split(' (pass truncate')[0]}; give it a "
+                                   "shorter name (--classnames)") from None
+        raise
+
+
 def zero_shot_classifier(
     model: Encoder,
     tokenizer: Any,
@@ -90,7 +107,7 @@ def zero_shot_classifier(
     sums: torch.Tensor | None = None
     window = 64 * batch_size  # prompts tokenised at a time, then embedded in batches of like lengths
     for start in range(0, len(prompts), window):
-        tokens = tokenizer(prompts[start : start + window])  # (W, L)
+        tokens = _tokenize(tokenizer, prompts[start : start + window], classnames, classes[start:])  # (W, L)
         for rows in batches_by_length(tokens, batch_size):
             emb = F.normalize(model.encode_text(tokens[rows].to(device)).float(), dim=-1)  # (B, D)
             if sums is None:

@@ -184,3 +184,15 @@ def test_pessimistic_ranks_predictions_and_top1_agree_with_the_confusion_matrix(
     y = torch.randint(0, 5, (200,), generator=gen)
     res = zero_shot_evaluate(ToyEncoder(torch.eye(5)), torch.eye(5), [(images_from_features(feats, 5), y)])
     assert res.top1 * res.n == pytest.approx(float(res.confusion.trace()))
+
+
+def test_a_class_name_too_long_for_the_context_is_named():
+    import cliplab
+    from cliplab.config import TokenizerConfig
+    from cliplab.tokenizer import get_tokenizer
+
+    model = cliplab.create_model("ViT-Tiny-32px").eval()  # a 32-token context
+    names = ["cat", "a " + "very " * 40 + "long name"]
+    with pytest.raises(CliplabError, match=r"^class 'a very very .*\.\.\.': text .* more than the context "
+                                           r"length 32; give it a shorter name \(--classnames\)$"):
+        zero_shot_classifier(model, get_tokenizer(TokenizerConfig(context_length=32)), names, ["a photo of a {}."])
