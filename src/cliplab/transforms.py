@@ -134,9 +134,12 @@ def _rgb(img: Image.Image) -> Image.Image:
 def _upright(img: Image.Image) -> Image.Image:
     """The EXIF orientation applied and 16/32-bit or float pixels mapped to 8-bit, as :func:`load_image`
     does, for a PIL image the caller opened; a no-op for images without either (OpenAI's pipeline ignores
-    both, so it is bit-identical there)."""
-    if img.getexif().get(ORIENTATION, 1) != 1:
-        img = ImageOps.exif_transpose(img) or img
+    both, so it is bit-identical there). EXIF that cannot be parsed counts as no rotation: the pixels are fine."""
+    try:
+        if img.getexif().get(ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img) or img
+    except (SyntaxError, ValueError, OSError, TypeError, KeyError, IndexError):
+        pass  # malformed EXIF ("not a TIFF file"): keep the image as stored
     return _to_8bit(img)
 
 

@@ -1,5 +1,6 @@
 """`cliplab embed` from tar shards, with --texts, and split across two torchrun processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -121,3 +122,92 @@ def test_not_a_tar_and_folders_with_pattern_characters(tmp_path, capsys):
     assert main(["embed", "--checkpoint", str(ckpt), "--images", str(tmp_path / "col{a}.tar"), "--output",
                  str(tmp_path / "s2")]) == 0
     assert len(EmbeddingStore(tmp_path / "s2")) == 3
+
+
+def _tar(path, members):
+    """A shard holding ``members`` (name -> bytes)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _png_bytes(colour):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (36, 36), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_parts_with_and_without_captions_are_searchable(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    members = {"s0.png": _png_bytes((255, 0, 0)), "s1.png": _png_bytes((0, 255, 0)), "s2.png": _png_bytes((0, 0, 255)),
+               "s2.txt": b"a blue square", "s3.png": _png_bytes((9, 9, 9)), "s3.txt": b"a dark square"}
+    shard = _tar(tmp_path / "shard.tar", members)
+    embed = ["embed", "--checkpoint", str(ckpt), "--images", str(shard), "--output", str(tmp_path / "st"),
+             "--part-size", "2"]
+    assert main(embed) == 0  # the first part has no captions, the second has
+    assert main(["search", str(tmp_path / "st"), "red", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]) == 4
+    assert main(embed) == 0 and "embedded 0 image(s)" in capsys.readouterr().out  # resuming reads it too
+    from fastapi.testclient import TestClient
+
+    from cliplab.infer.server import create_app
+
+    assert TestClient(create_app(str(tmp_path / "st"))).get("/search", params={"q": "red", "k": 4}).status_code == 200
+    csv = tmp_path / "d.csv"
+    (tmp_path / "x.png").write_bytes(members["s0.png"])
+    csv.write_text("filepath,title\nx.png,a red square\n")
+    out = ["--output", str(tmp_path / "csv-store"), "--images", str(csv)]
+    assert main(["embed", "--checkpoint", str(ckpt), *out, "--csv-caption-key", "title"]) == 0
+    assert main(["embed", "--checkpoint", str(ckpt), *out]) == 0  # the same image, without a caption: a new row
+    assert main(["search", str(tmp_path / "csv-store"), "red"]) == 0
+    assert len(EmbeddingStore(tmp_path / "csv-store")) == 2
+
+
+def test_unusable_items_are_skipped_and_counted(tmp_path, capsys):
+    from PIL import Image
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    folder = tmp_path / "imgs"
+    write_folder(SyntheticWorld(), 3, folder)
+    Image.new("RGB", (40, 40)).save(folder / "exif.jpg", exif=b"Exif\x00\x00garbage-exif-data")
+    Image.new("RGB", (40, 40)).save(os.fsdecode(bytes(folder) + b"/caf\xe9.png"))
+    first = sorted(p for p in folder.glob("*.png") if p.name.isascii())[0]
+    (folder / "zz-link.png").symlink_to(first)
+    args = ["embed", "--checkpoint", str(ckpt), "--images", str(folder), "--output", str(tmp_path / "s")]
+    for _ in range(2):  # and again, resumed: neither run stops at them
+        assert main(args) == 0
+        out = capsys.readouterr()
+        assert "skipped 2 unreadable or unusable" in out.out
+        assert "caf\\xe9.png: file name is not valid UTF-8" in out.err
+        assert f"zz-link.png: same file as {first}" in out.err
+    store = EmbeddingStore(tmp_path / "s")
+    exif = str(folder / "exif.jpg")
+    assert len(store) == 4 and len(set(_column(store, "path"))) == 4 and exif in _column(store, "path")
+    assert main(["search", str(tmp_path / "s"), "--image", exif, "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]["path"] == exif
+    assert main(["search", str(tmp_path / "s"), "--image", str(first), "-k", "2", "--json"]) == 0
+    paths = [r["path"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]]
+    assert paths[0] == str(first) and paths[1] != str(first)  # found once, not twice
+
+
+def test_an_empty_folder_or_a_single_image_makes_no_store(tmp_path, capsys):
+    from PIL import Image
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "empty").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
+    for source, message in ((tmp_path / "empty", "no images found"), (tmp_path / "photo.png", "a single image")):
+        assert main(["embed", "--checkpoint", str(ckpt), "--images", str(source), "--output", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {source}: {message}") and "\n" not in err
+        assert not (tmp_path / "s").exists()

@@ -8,6 +8,7 @@ from PIL import Image
 
 from cliplab.cli.main import main
 from cliplab.data.synthetic import SyntheticWorld, write_folder
+from cliplab.errors import CliplabError
 from tests.integration.helpers import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -278,3 +279,54 @@ def test_embed_refuses_fp16_on_cpu_before_creating_a_store(collection, tmp_path,
     assert main(["embed", "--checkpoint", str(collection / "ckpt"), "--images", str(collection / "imgs"),
                  "--output", str(out), "--precision", "fp16"]) == 2
     assert "fp16" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("order", [["-k", "3", "a red circle"], ["a red circle", "-k", "3"],
+                                   ["--json", "-k", "3", "a red circle"]])
+def test_search_options_before_or_after_the_query(collection, capsys, order):
+    assert main(["search", str(collection / "store"), *order, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["query"] == "a red circle" and len(res["results"]) == 3
+    with pytest.raises(SystemExit):  # still one query at most
+        main(["search", str(collection / "store"), "-k", "3", "a", "b"])
+    assert "unrecognized arguments: b" in capsys.readouterr().err
+
+
+def test_a_store_of_a_pruned_training_checkpoint(tmp_path, collection, capsys):
+    """A store embedded from a run folder names the run's checkpoint of the time; training prunes it later."""
+    import shutil
+
+    from cliplab.infer.server import create_app
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    shutil.copytree(collection / "ckpt", ckpts / "step-10")
+    (ckpts / "latest").write_text("step-10\n")
+    assert main(["embed", "--checkpoint", str(tmp_path / "run"), "--images", str(collection / "imgs"), "--output",
+                 str(tmp_path / "s")]) == 0
+    shutil.copytree(ckpts / "step-10", ckpts / "step-20")
+    (ckpts / "latest").write_text("step-20\n")
+    shutil.rmtree(ckpts / "step-10")
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "s"), "a red circle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{ckpts / 'step-10'}, no longer exists (pruned by later training?)" in err
+    assert "--checkpoint" in err and "re-embed" in err
+    with pytest.raises(CliplabError, match="no longer exists"):
+        create_app(str(tmp_path / "s"))
+    assert main(["search", str(tmp_path / "s"), "a red circle", "--checkpoint", str(ckpts / "step-20")]) == 0
+
+
+def _jpeg_with_bad_exif():
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(buf, "JPEG", exif=b"Exif\x00\x00garbage-exif-data")
+    return buf.getvalue()
+
+
+def test_uploads_with_malformed_exif_are_used(client):
+    files = {"image": ("exif.jpg", _jpeg_with_bad_exif(), "image/jpeg")}
+    r = client.post("/search", files=files, data={"k": "2"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+    r = client.post("/classify", files=files, data={"labels": "red, blue"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+    r = client.post("/embed", files=[("images", ("exif.jpg", _jpeg_with_bad_exif(), "image/jpeg"))])
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1

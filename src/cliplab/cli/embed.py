@@ -40,12 +40,27 @@ def _texts(path: str, key: str | None, sep: str) -> list[str]:
     if src.suffix.lower() in (".csv", ".tsv"):
         if not key:
             raise CliplabError(f"{src}: give --csv-caption-key to embed captions from a CSV")
-        rows, _ = read_rows(src, [key], sep)
-        return [r[0] for r in rows if r[0].strip()]
+        rows, lines = read_rows(src, [key], sep)
+        texts = []
+        for (text,), line in zip(rows, lines, strict=True):
+            if _is_utf8(text):
+                texts.append(text)
+            else:  # the store holds UTF-8 text only
+                print(f"skipped {src}:{line}: caption is not valid UTF-8", file=sys.stderr)
+        return [t for t in texts if t.strip()]
     try:
         return [line.strip() for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise CliplabError(f"{src}: cannot read texts ({err})") from None
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text read with ``errors="surrogateescape"`` from bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if len(report.skipped) > 20:
         print(f"... and {len(report.skipped) - 20} more", file=sys.stderr)
     print(f"embedded {report.embedded} image(s) ({report.images_per_second:.1f} img/s), "
-          f"{report.already_done} already in the store, skipped {len(report.skipped)} unreadable")
+          f"{report.already_done} already in the store, skipped {len(report.skipped)} unreadable or unusable")
     if texts is not None:
         import numpy as np
 

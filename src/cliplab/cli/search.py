@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from typing import Any
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options anywhere among the positionals: ``search STORE -k 3 "red bicycle"`` as well as
+    ``search STORE "red bicycle" -k 3`` (argparse alone binds an optional positional at its first chance)."""
+
+    _inner = False  # parse_known_intermixed_args calls parse_known_args itself: that call parses plainly
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an embedding store by text or image")
+    p.__class__ = _IntermixedParser  # the subparsers action makes plain parsers; this one parses intermixed
     p.add_argument("store", help="embedding store folder")
     p.add_argument("query", nargs="?", help="text query")
     p.add_argument("--image", help="image query (image → image search)")
@@ -17,6 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _image_pixels(path: str, preprocess: Any) -> Any:
+    """The query image preprocessed (1, 3, S, S); a one-line error naming it when it cannot be used."""
+    from cliplab.errors import CliplabError
+    from cliplab.transforms import load_image
+
+    try:
+        return preprocess(load_image(path))[None]
+    except CliplabError as err:  # load_image names the file; preprocessing limits do not
+        raise CliplabError(err if path in str(err) else f"{path}: {err}") from None
+    except (SyntaxError, ValueError) as err:  # a parser Pillow runs lazily (EXIF, say) gave up
+        raise CliplabError(f"{path}: unreadable image ({err})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -24,22 +57,18 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.errors import CliplabError
     from cliplab.infer.index import load_or_build_index
     from cliplab.infer.store import EmbeddingStore
-    from cliplab.transforms import load_image
 
     if (args.query is None) == (args.image is None):
         raise CliplabError("give either a text query or --image (not both)")
     if args.k < 1:
         raise CliplabError("-k must be at least 1")
     store = EmbeddingStore(args.store)
-    model, preprocess, tokenizer = load(args.checkpoint or store.model_id)
-    store.check_model(model, args.checkpoint or store.model_id)
+    checkpoint = store.query_model(args.checkpoint)
+    model, preprocess, tokenizer = load(checkpoint)
+    store.check_model(model, checkpoint)
     with torch.no_grad():
         if args.image:
-            try:
-                pixels = preprocess(load_image(args.image))[None]  # (1, 3, S, S)
-            except CliplabError as err:  # load_image names the file; preprocessing limits do not
-                raise CliplabError(err if args.image in str(err) else f"{args.image}: {err}") from None
-            q = model.encode_image(pixels, normalize=True)
+            q = model.encode_image(_image_pixels(args.image, preprocess), normalize=True)
         else:
             q = model.encode_text(tokenizer([args.query], truncate=True), normalize=True)
     scores, ids = load_or_build_index(store).search(q.float().numpy(), args.k)

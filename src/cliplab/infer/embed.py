@@ -2,8 +2,9 @@
 
 A collection is an image folder, a CSV, or WebDataset tar shards (``shards/{0000..0009}.tar``); an image
 inside a shard is named ``SHARD.tar#MEMBER``. A collection run is resumable: items already in the store
-(by path) are skipped, parts are written atomically, and unreadable images are skipped, listed and
-counted — never fatal. Under ``torchrun`` each rank embeds its own share (``items[rank::world_size]``)
+(by path) are skipped, parts are written atomically, and unreadable images — like names or captions that
+are not UTF-8, and second names (symlinks) for a file of the folder — are skipped, listed and counted,
+never fatal. Under ``torchrun`` each rank embeds its own share (``items[rank::world_size]``)
 into rank-named parts of the same store.
 """
 
@@ -135,7 +136,8 @@ def _shard_items(pattern: str) -> list[dict[str, Any]]:
                         obj = json.loads(raw)
                     except ValueError:
                         return None
-                    return next((obj[k] for k in TEXT_FIELDS if isinstance(obj, dict) and k in obj), None)
+                    found = next((obj[k] for k in TEXT_FIELDS if isinstance(obj, dict) and k in obj), None)
+                    return found if isinstance(found, str) else None
                 return raw.strip()
 
             for name in members:
@@ -143,8 +145,28 @@ def _shard_items(pattern: str) -> list[dict[str, Any]]:
                 if ext.lower() not in IMAGE_KEYS:
                     continue
                 caption = next((text(f"{stem}.{e}") for e in ("txt", "json") if f"{stem}.{e}" in members), None)
-                items.append({"path": tar[: -len(".tar")] + _IN_TAR + name, "caption": caption})
+                path = tar[: -len(".tar")] + _IN_TAR + name
+                items.append(_item(path, caption, _printable(path)))
     return items
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to print and store: bytes that were not UTF-8 (kept as lone surrogates) as ``\\xe9``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that stand for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _item(path: str, caption: str | None, source: str) -> dict[str, Any]:
+    """An item record; one whose name or caption is not UTF-8 (the store holds UTF-8 text only, and a file
+    name read from disk or a CSV row keeps undecodable bytes as lone surrogates) is marked to be skipped."""
+    item: dict[str, Any] = {"path": path, "caption": caption}
+    for what, value in (("file name", path), ("caption", caption)):
+        if value is not None and _printable(value) != value:
+            item.update(skip=f"{what} is not valid UTF-8", source=source)
+            break
+    return item
 
 
 def _not_stored(items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]:
@@ -156,6 +178,8 @@ def _not_stored(items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]
     todo = []
     for item in items:
         key = (item["path"], item["caption"])
+        if stored[key] <= 0 and stored:  # stores made before symlinks kept their names hold resolved paths
+            key = (os.path.realpath(item["path"]), item["caption"])
         if stored[key] > 0:
             stored[key] -= 1
         else:
@@ -163,22 +187,60 @@ def _not_stored(items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]
     return todo
 
 
+def _folder_items(folder: Path) -> list[dict[str, Any]]:
+    """A folder's images by absolute path as found (a symlink keeps its own name). A second name for a file
+    already listed (a symlink to it) is marked to be skipped, so that searches find the file once; the file's
+    own name wins over its links', whatever their order."""
+    from cliplab.data.folder import list_images
+
+    paths = [os.path.abspath(p) for p in list_images(folder)]
+    real = {p: os.path.realpath(p) for p in paths}
+    first: dict[str, str] = {}
+    for p in sorted(paths, key=lambda p: p != real[p]):  # stable: files themselves, then links, in order
+        first.setdefault(real[p], p)
+    items = []
+    for p in paths:
+        item = _item(p, None, _printable(p))
+        if first[real[p]] != p and "skip" not in item:
+            item.update(skip=f"same file as {_printable(first[real[p]])}", source=_printable(p))
+        items.append(item)
+    return items
+
+
+def _csv_items(src: Path, img_key: str, caption_key: str | None, sep: str) -> list[dict[str, Any]]:
+    """A CSV's rows as items, by absolute path (relative ones are relative to the CSV's folder)."""
+    from cliplab.data.csv import read_rows
+
+    rows, lines = read_rows(src, [img_key] + ([caption_key] if caption_key else []), sep)
+    return [_item(os.path.abspath(src.parent / r[0]), r[1] if caption_key else None, f"{src}:{line}")
+            for r, line in zip(rows, lines, strict=True)]
+
+
 def list_items(source: str | os.PathLike[str], img_key: str = "filepath", caption_key: str | None = None,
                sep: str = ",") -> list[dict[str, Any]]:
-    """The images of a folder, CSV or tar shards as ``{"path", "caption"}`` records, in a stable order."""
-    from cliplab.data.csv import read_rows
-    from cliplab.data.folder import list_images
+    """The images of a folder, CSV or tar shards as ``{"path", "caption"}`` records, in a stable order.
+
+    A record that cannot be embedded also holds ``"skip"`` (why) and ``"source"`` (the file or CSV row): a
+    name or caption that is not UTF-8, or a second name for a file of the folder. :func:`embed_collection`
+    lists and counts those with the unreadable images.
+    """
+    from cliplab.data.folder import IMAGE_EXTENSIONS
 
     text, src = str(source), Path(source)
     if (text.endswith(".tar") or "{" in text or "::" in text) and not (src.is_dir() or src.suffix == ".csv"):
-        return _shard_items(text)
-    if src.is_dir():
-        return [{"path": str(p.resolve()), "caption": None} for p in list_images(src)]
-    if not src.exists():
+        items = _shard_items(text)
+    elif src.is_dir():
+        items = _folder_items(src)
+    elif not src.exists():
         raise CliplabError(f"{src}: no such file or folder")
-    columns = [img_key] + ([caption_key] if caption_key else [])
-    rows, _ = read_rows(src, columns, sep)
-    return [{"path": str((src.parent / r[0]).resolve()), "caption": r[1] if caption_key else None} for r in rows]
+    elif src.suffix.lower() in IMAGE_EXTENSIONS:
+        raise CliplabError(f"{src}: a single image; give its folder, or a CSV that lists it")
+    else:
+        items = _csv_items(src, img_key, caption_key, sep)
+    if not items:
+        looked = f" (looked for {', '.join(IMAGE_EXTENSIONS)})" if src.is_dir() else ""
+        raise CliplabError(f"{text}: no images found{looked}")
+    return items
 
 
 class _ImageItems(Dataset):
@@ -195,7 +257,7 @@ class _ImageItems(Dataset):
             return self.preprocess(image), i, image.width, image.height
         except FileNotFoundError:
             return BadSample(path, "file not found")
-        except (CliplabError, OSError, ValueError) as err:
+        except (CliplabError, OSError, ValueError, SyntaxError) as err:  # Pillow's parsers raise SyntaxError too
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             return BadSample(path, reason.removeprefix(f"{path}: "))  # the source is named once, not twice
 
@@ -238,8 +300,10 @@ def embed_collection(
 
     report = EmbedReport()
     mine = items[rank::world_size]
-    todo = _not_stored(mine, store)
-    report.already_done = len(mine) - len(todo)
+    report.skipped.extend(BadSample(item["source"], item["skip"]) for item in mine if "skip" in item)
+    usable = [item for item in mine if "skip" not in item]
+    todo = _not_stored(usable, store)
+    report.already_done = len(usable) - len(todo)
     loader = DataLoader(_ImageItems(todo, preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     device = _device(model)

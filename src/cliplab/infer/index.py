@@ -61,8 +61,11 @@ class SearchIndex:
         return flat
 
     def save(self, folder: str | os.PathLike[str]) -> None:
+        """The index, then its sidecar; the old sidecar goes first, so a kill between the two leaves an index
+        without one (rebuilt when next needed), never an index described by another's sidecar."""
         faiss = _faiss()
         folder = Path(folder)
+        (folder / SIDECAR).unlink(missing_ok=True)
         with atomic_path(folder / INDEX_FILE, suffix=".faiss") as tmp:
             faiss.write_index(self.index, str(tmp))
         write_json(folder / SIDECAR, self.info)
@@ -78,11 +81,28 @@ class SearchIndex:
             raise CliplabError(f"{folder / INDEX_FILE}: unreadable index ({str(err).splitlines()[0]})") from None
         if not isinstance(info, dict):
             raise CliplabError(f"{folder / SIDECAR}: expected a JSON object (rebuild with cliplab index)")
-        if "nprobe" in info:  # the tuned search breadth, whether or not the file format kept it
-            index.nprobe = int(info["nprobe"])
-        if "efSearch" in info:
-            index.hnsw.efSearch = int(info["efSearch"])
+        if info.get("kind") != _kind_of(index):  # another index's sidecar (a save cut short): stale, not trusted
+            info = {"kind": _kind_of(index), "count": index.ntotal, "dim": index.d, "store_fingerprint": None}
+        _set_breadth(index, info, folder / SIDECAR)
         return cls(index, info)
+
+
+def _kind_of(index: Any) -> str:
+    """flat, ivf or hnsw, from the index itself (``faiss.read_index`` returns the concrete class)."""
+    if hasattr(index, "nprobe"):
+        return "ivf"
+    return "hnsw" if hasattr(index, "hnsw") else "flat"
+
+
+def _set_breadth(index: Any, info: dict[str, Any], sidecar: Path) -> None:
+    """Apply the tuned search breadth the sidecar records, whether or not the file format kept it."""
+    try:
+        if "nprobe" in info and hasattr(index, "nprobe"):
+            index.nprobe = int(info["nprobe"])
+        if "efSearch" in info and hasattr(index, "hnsw"):
+            index.hnsw.efSearch = int(info["efSearch"])
+    except (TypeError, ValueError) as err:
+        raise CliplabError(f"{sidecar}: bad search breadth ({err}); rebuild with cliplab index") from None
 
 
 class _RecallProbe:

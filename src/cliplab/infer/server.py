@@ -58,8 +58,8 @@ class _Service:
             from cliplab.infer.store import EmbeddingStore
 
             self.store = EmbeddingStore(store_path)
+            checkpoint = self.store.query_model(checkpoint)  # before the index: a missing model is the first news
             self.index = load_or_build_index(self.store)
-            checkpoint = checkpoint or self.store.model_id
         if checkpoint is None:
             raise CliplabError("serve: give a STORE (whose manifest names its checkpoint) or --checkpoint")
         self.model, self.preprocess, self.tokenizer = load(checkpoint, device=device)
@@ -82,6 +82,9 @@ class _Service:
             return self.preprocess(load_image(data, max_pixels=self.limits.max_image_pixels))
         except ImageError as err:
             raise ApiError(400, f"{name}: {err}") from None
+        except (CliplabError, SyntaxError, OSError, ValueError) as err:  # Pillow's parsers raise SyntaxError too
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ApiError(400, f"{name}: unreadable image ({reason})") from None
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -301,7 +304,7 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
             img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
             buf = io.BytesIO()
             _rgb_for_jpeg(img).save(buf, format="JPEG", quality=85)
-        except (CliplabError, OSError, ValueError):
+        except (CliplabError, OSError, ValueError, SyntaxError):
             raise ApiError(404, f"item {item_id}: image no longer readable") from None
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 

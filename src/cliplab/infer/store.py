@@ -23,10 +23,26 @@ from cliplab.fileio import atomic_path, write_json
 __all__ = ["EmbeddingStore", "model_id", "same_model", "weights_fingerprint"]
 
 COLUMNS = ("path", "width", "height", "caption")
+_TYPES = ("string", "int64", "int64", "string")  # of COLUMNS: fixed, so parts without captions or sizes agree
+
+
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(c, getattr(pa, t)()) for c, t in zip(COLUMNS, _TYPES, strict=True)])
 
 
 def _manifest_name(rank: int) -> str:
     return "manifest.json" if rank == 0 else f"manifest-r{rank}.json"
+
+
+def _check_parts(manifest: dict[str, Any]) -> None:
+    """A hand-edited manifest's parts must each name a file and count its vectors (raises TypeError)."""
+    parts = manifest["parts"]
+    if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("count"), int)
+            for p in parts):
+        raise TypeError('"parts" must be a list of {"name": str, "count": int}')
 
 
 def model_id(checkpoint: str | os.PathLike[str]) -> str:
@@ -74,6 +90,7 @@ class EmbeddingStore:
                 data = json.loads(m.read_text())
                 rank = int(data.get("rank", 0))
                 int(data["dim"]), str(data["dtype"])
+                _check_parts(data)
             except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:
                 raise CliplabError(f"{m}: unreadable store manifest ({type(err).__name__}: {err})") from None
             self._manifests[rank] = data
@@ -108,6 +125,19 @@ class EmbeddingStore:
             raise CliplabError(f"{self.path}: was embedded with other weights than those of {name} "
                                f"(built with {self.model_id}); query it with the model that built it")
 
+    def query_model(self, checkpoint: str | None = None) -> str:
+        """The model that encodes queries: ``checkpoint`` if given, else the one the store was embedded with,
+        which must still exist (a training run prunes its older checkpoints as it goes on)."""
+        if checkpoint:
+            return checkpoint
+        if not self.model_id:
+            raise CliplabError(f"{self.path}: the store does not name its model; pass --checkpoint")
+        if os.path.isabs(self.model_id) and not os.path.exists(self.model_id):
+            raise CliplabError(f"{self.path}: the checkpoint this store was embedded with, {self.model_id}, no "
+                               "longer exists (pruned by later training?); pass --checkpoint with a model of the "
+                               "same weights, or re-embed")
+        return self.model_id
+
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16",
                        model_id: str | None = None, rank: int = 0, weights: str | None = None) -> EmbeddingStore:
@@ -140,7 +170,7 @@ class EmbeddingStore:
         name = f"part-r{rank}-{len(manifest['parts']):05d}" if rank else f"part-{len(manifest['parts']):05d}"
         with atomic_path(self.path / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, vectors.astype(self.dtype))  # a file object: np.save would append ".npy" to a path
-        table = pa.table({c: [row.get(c) for row in metadata] for c in COLUMNS})
+        table = pa.table({c: [row.get(c) for row in metadata] for c in COLUMNS}, schema=_schema())
         with atomic_path(self.path / f"{name}.parquet", suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
         manifest["parts"].append({"name": name, "count": len(vectors)})
@@ -171,8 +201,9 @@ class EmbeddingStore:
             for part in self.parts():
                 try:
                     v = np.load(self.path / f"{part['name']}.npy", mmap_mode="r")
-                    t = pq.read_table(self.path / f"{part['name']}.parquet")
-                except (OSError, ValueError, EOFError) as err:
+                    # parts written before the schema was fixed may hold null-typed columns: cast them to it
+                    t = pq.read_table(self.path / f"{part['name']}.parquet").select(COLUMNS).cast(_schema())
+                except (OSError, ValueError, EOFError, KeyError, TypeError, pa.ArrowException) as err:
                     raise CliplabError(f"{self.path / part['name']}: unreadable store part ({err})") from None
                 if len(v) != part["count"] or t.num_rows != part["count"]:
                     raise CliplabError(f"{self.path / part['name']}: has {len(v)} vectors, manifest says "
@@ -180,7 +211,7 @@ class EmbeddingStore:
                 vecs.append(v)
                 tables.append(t)
             vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.dim), self.dtype)
-            table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in COLUMNS})
+            table = pa.concat_tables(tables, promote_options="default") if tables else _schema().empty_table()
             self._cache = (vectors, table)
         return self._cache
 

@@ -1,0 +1,108 @@
+"""Stores and indexes that older or interrupted runs left behind open, or fail in one line."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cliplab.errors import CliplabError
+from cliplab.infer.index import SIDECAR, SearchIndex, build_index, load_or_build_index
+from cliplab.infer.store import EmbeddingStore
+
+
+def _unit(n, d=16, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _rows(n, start=0, caption=None):
+    return [{"path": f"/img/{start + i}.png", "width": 10, "height": 20, "caption": caption} for i in range(n)]
+
+
+def test_parts_with_and_without_captions_read_as_one_table(tmp_path):
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(2), _rows(2))  # no captions in this part
+    store.append_part(_unit(2, seed=1), _rows(2, 2, caption="a red circle"))
+    store.append_part(_unit(1, seed=2), [{"path": None, "caption": "a text"}])  # no path, no size
+    table = EmbeddingStore(tmp_path / "s").metadata()
+    assert table.column("caption").to_pylist() == [None, None, "a red circle", "a red circle", "a text"]
+    assert str(table.schema.field("caption").type) == "string" and str(table.schema.field("width").type) == "int64"
+
+
+def test_parts_written_without_a_schema_still_open(tmp_path):
+    """Stores written before the schema was fixed hold null-typed columns in some parts."""
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(2), _rows(2, caption="x"))
+    store.append_part(_unit(2, seed=1), _rows(2, 2))
+    pq.write_table(pa.table({c: [r[c] for r in _rows(2, 2)] for c in ("path", "width", "height", "caption")}),
+                   tmp_path / "s" / "part-00001.parquet")  # as the old code wrote it: caption of type null
+    again = EmbeddingStore(tmp_path / "s")
+    assert again.metadata().column("caption").to_pylist() == ["x", "x", None, None]
+    assert again.done_keys() == {f"/img/{i}.png" for i in range(4)}
+
+
+def test_empty_store_has_the_same_columns(tmp_path):
+    table = EmbeddingStore.create(tmp_path / "s", dim=16).metadata()
+    assert table.num_rows == 0 and str(table.schema.field("path").type) == "string"
+
+
+@pytest.mark.parametrize("parts", [None, [{"name": "part-00000"}], ["part-00000"], [{"count": 2}]])
+def test_a_hand_edited_parts_list_is_a_one_line_error(tmp_path, parts):
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(2), _rows(2))
+    manifest = tmp_path / "s" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "parts": parts}))
+    with pytest.raises(CliplabError, match=r"manifest\.json: unreadable store manifest"):
+        len(EmbeddingStore(tmp_path / "s"))
+
+
+def test_a_pruned_checkpoint_is_named_as_such(tmp_path):
+    gone = tmp_path / "run" / "checkpoints" / "step-10"
+    store = EmbeddingStore.create(tmp_path / "s", dim=16, model_id=str(gone))
+    with pytest.raises(CliplabError, match=r"step-10, no longer exists \(pruned by later training\?\); pass "
+                                           r"--checkpoint .* or re-embed"):
+        store.query_model()
+    assert store.query_model("other") == "other"  # an explicit model is used as given
+    assert EmbeddingStore.create(tmp_path / "t", dim=16, model_id="ViT-B-32").query_model() == "ViT-B-32"
+
+
+@pytest.mark.parametrize("sidecar", [{"kind": "ivf", "nprobe": 8}, {"kind": "hnsw", "efSearch": 64},
+                                     {"nprobe": 8, "efSearch": 64}])
+def test_a_sidecar_of_another_index_is_stale(tmp_path, sidecar):
+    """A kill between writing index.faiss and index.json leaves the old sidecar beside the new index."""
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(30), _rows(30))
+    load_or_build_index(store)  # flat
+    info = json.loads((tmp_path / "s" / SIDECAR).read_text())
+    (tmp_path / "s" / SIDECAR).write_text(json.dumps({**info, **sidecar}))  # the fingerprint still matches
+    loaded = SearchIndex.load(tmp_path / "s")  # the breadth of another kind is not applied
+    assert loaded.info["kind"] == "flat" and loaded.search(_unit(1, seed=5), 3)[1].shape == (1, 3)
+    if sidecar.get("kind", "flat") != "flat":  # another kind's sidecar is not trusted: the index is rebuilt
+        assert loaded.info["store_fingerprint"] is None
+    idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    assert idx.search(_unit(1, seed=5), 3)[1].shape == (1, 3)
+    assert json.loads((tmp_path / "s" / SIDECAR).read_text())["store_fingerprint"] == store.fingerprint()
+
+
+def test_a_save_cut_short_leaves_no_sidecar(tmp_path, monkeypatch):
+    from cliplab.infer import index as index_module
+
+    build_index(_unit(20), "flat").save(tmp_path)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(_unit(300), "hnsw").save(tmp_path)
+    assert not (tmp_path / SIDECAR).exists()  # so the next load_or_build_index rebuilds
+
+
+def test_a_bad_breadth_in_the_sidecar_is_a_one_line_error(tmp_path):
+    build_index(_unit(300), "ivf", nprobe=2).save(tmp_path)
+    info = json.loads((tmp_path / SIDECAR).read_text())
+    (tmp_path / SIDECAR).write_text(json.dumps({**info, "nprobe": "many"}))
+    with pytest.raises(CliplabError, match="bad search breadth"):
+        SearchIndex.load(tmp_path)
