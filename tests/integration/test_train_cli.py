@@ -116,6 +116,14 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
 
 
+def test_accumulation_with_batch_norm_is_said_to_approximate(tmp_path, capsys):
+    args = ["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "1", "--batch-size", "4", "--accum-steps", "2"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    assert "BatchNorm normalises each of the 2 micro-batches" in capsys.readouterr().out
+    assert main([*args, "--lock-image", "--output", str(tmp_path / "b")]) == 0  # a locked tower: running stats
+    assert "BatchNorm" not in capsys.readouterr().out
+
+
 def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

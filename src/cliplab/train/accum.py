@@ -8,7 +8,10 @@ changes the objective. Instead:
 3. re-embed each micro-batch with a graph and back-propagate ``Σ emb · cached_grad``.
 
 The parameter gradients equal those of one batch of all micro-batches (tested to 1e-5). The random state is
-replayed in step 3, so dropout-style randomness matches step 1.
+replayed in step 3, so dropout-style randomness matches step 1. Buffers (BatchNorm running statistics) are
+restored after step 1, so each micro-batch updates them once, in step 3. A tower with BatchNorm in training
+mode normalises each micro-batch with its own statistics, so for it the gradient approximates that of one
+batch (as in every accumulation scheme), not equals it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def cached_accumulation_step(
         embed = _encoders(model)
     device = core.logit_scale.device
     states, img_parts, txt_parts = [], [], []
+    buffers = [(b, b.clone()) for b in core.buffers()]  # step 3 updates running statistics, not step 1 too
     with torch.no_grad():  # 1. embeddings without a graph, remembering each micro-batch's random state
         for images, texts in micro_batches:
             states.append(_rng_state(device))
@@ -87,6 +91,8 @@ def cached_accumulation_step(
                 img, txt = embed(images, texts)
             img_parts.append(img.float())
             txt_parts.append(txt.float())
+        for b, saved in buffers:
+            b.copy_(saved)
     after = _rng_state(device)
 
     # 2. the loss on the whole batch and its gradient w.r.t. the embeddings and the temperature / bias

@@ -197,6 +197,10 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         unwrap(model).lock("text")
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+    if cfg.accum_steps > 1 and batch_norm and main and progress and resume_from is None:
+        print(f"note: this model's BatchNorm normalises each of the {cfg.accum_steps} micro-batches with its own "
+              "statistics, so --accum-steps approximates one batch of them rather than equalling it", flush=True)
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None

@@ -173,3 +173,24 @@ def test_wrapped_model_uses_embed_and_reads_temperature_from_module():
     assert wrapper.calls == 4  # two micro-batches, embedded twice each
     for name, p in model.named_parameters():
         _assert_rel(p.grad, ref[name], name)
+
+
+def test_batch_norm_statistics_are_updated_once_per_micro_batch():
+    """Step 1 embeds without a graph but in training mode: its BatchNorm updates are undone, so the running
+    statistics are those of plain accumulation (one update per micro-batch), however the loss is cached."""
+    from cliplab.api import create_model
+
+    torch.manual_seed(0)
+    model = create_model("RN-Tiny-64px")
+    reference = create_model("RN-Tiny-64px")
+    reference.load_state_dict(model.state_dict())
+    images = torch.randn(8, 3, 64, 64)
+    texts = torch.zeros(8, 32, dtype=torch.long)
+    texts[:, 0], texts[:, 1], texts[:, 2] = 49406, 320, 49407
+    micro = [(images[:4], texts[:4]), (images[4:], texts[4:])]
+    cached_accumulation_step(model, micro, clip_loss)
+    with torch.no_grad():
+        for im, tx in micro:  # each micro-batch through the towers once, in training mode
+            reference.encode_image(im), reference.encode_text(tx)
+    for (name, got), want in zip(model.named_buffers(), reference.buffers(), strict=True):
+        assert torch.equal(got, want), name
