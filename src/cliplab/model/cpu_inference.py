@@ -19,7 +19,6 @@ buffers. Two paths, each tested against the plain block:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -173,14 +172,16 @@ def _sample(p: torch.Tensor) -> torch.Tensor:
 
 def _stamp(params: list[torch.Tensor]) -> tuple:
     _OptimizerSteps.watch()
-    return _OptimizerSteps.count, [(weakref.ref(p), p.data_ptr(), p._version, _sample(p)) for p in params]
+    return _OptimizerSteps.count, [(id(p), p.data_ptr(), p._version, _sample(p)) for p in params]
 
 
 def _unchanged(stamp: tuple, params: list[torch.Tensor]) -> bool:
-    """The same tensors (weak references: a new tensor may reuse a freed one's address), at the same address
-    (``module.to`` swaps ``.data``), not written in place (version counter), no optimizer step since, and the
-    same sampled values."""
+    """The same tensor objects, at the same address (``module.to`` swaps ``.data``), not written in place
+    (version counter), no optimizer step since, and the same sampled values. Objects are told by ``id``, not
+    weak references, which would stop ``torch.utils.swap_tensors`` (``.to`` and ``load_state_dict`` under
+    ``torch.__future__.set_swap_module_params_on_conversion``); a new tensor that reused a freed one's id and
+    address would also need its version and sampled values to match."""
     steps, marks = stamp
     return steps == _OptimizerSteps.count and all(
-        r() is p and ptr == p.data_ptr() and v == p._version and torch.equal(sample, _sample(p))
-        for (r, ptr, v, sample), p in zip(marks, params, strict=True))
+        ident == id(p) and ptr == p.data_ptr() and v == p._version and torch.equal(sample, _sample(p))
+        for (ident, ptr, v, sample), p in zip(marks, params, strict=True))

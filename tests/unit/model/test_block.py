@@ -232,3 +232,22 @@ def test_optimizer_hook_is_registered_with_the_first_cache_not_at_import():
         "assert ci._OptimizerSteps.count == 1 and not ci._unchanged(stamp, [w])\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stamped_weights_can_still_be_swapped():
+    """A cache's stamp must not hold weak references: torch.utils.swap_tensors refuses tensors that have one,
+    and `.to` / `load_state_dict` swap under torch.__future__.set_swap_module_params_on_conversion(True)."""
+    from cliplab.api import create_model
+
+    model = create_model("ViT-Tiny-32px").eval().compile_for_inference()  # stamps the image tower's weights
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to(torch.float64)
+        model.load_state_dict({k: v.double() for k, v in state.items()})
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
+    assert model.visual.proj.weight.dtype == torch.float64
+    stamp = model.__dict__["_compiled_stamp"]
+    assert not cpu_inference._unchanged(stamp, list(model.visual.parameters()))  # swapped: the cache is stale
