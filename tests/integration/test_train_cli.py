@@ -201,7 +201,7 @@ def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):
     (["--device", "tpu"], "device 'tpu': not a device name"),
     (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 values"),
     (["--csv-separator", "ab", "--train-data", "x.csv"], "csv separator 'ab': must be one character"),
-    (["--train-data", "nowhere"], "nowhere: cannot tell its data format"),
+    (["--train-data", "nowhere"], "nowhere: no such file or folder"),
     (["--data-format", "synthetic", "--train-data", "x.csv"], "is not read with data.format synthetic"),
     (["optim.grad_clip_norm=-1"], "optim.grad_clip_norm must be > 0"),
     (["optim.min_lr_ratio=2"], "optim.min_lr_ratio must be in [0, 1]"),
