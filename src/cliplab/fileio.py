@@ -50,7 +50,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         with open(tmp_path, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as err:  # name the user's path, not the temporary file
+            raise OSError(err.errno, err.strerror, str(target)) from None
         _fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):

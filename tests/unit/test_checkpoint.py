@@ -84,14 +84,14 @@ def test_models_are_not_written_into_run_folders_nor_runs_into_model_folders(tmp
     assert main(["train", "--model", "ViT-Tiny-32px", "--steps", "1", "--batch-size", "4", "--workers", "0",
                  "--output", str(run)]) == 0
     config = (run / "config.json").read_text()
-    for cmd in (["convert", str(run), str(run)], ["export", "--checkpoint", str(run), "--format", "hf",
-                                                  "--output", str(run)]):
-        capsys.readouterr()
-        assert main(cmd) == 2
-        assert "is a training run's folder" in capsys.readouterr().err
-    assert (run / "config.json").read_text() == config
     model_dir = tmp_path / "model"
     assert main(["convert", str(run), str(model_dir)]) == 0
+    for cmd in (["convert", str(model_dir), str(run)], ["export", "--checkpoint", str(model_dir), "--format", "hf",
+                                                        "--output", str(run)]):
+        capsys.readouterr()
+        assert main([*cmd, "--overwrite"]) == 2
+        assert "is a training run's folder" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == config
     capsys.readouterr()
     assert main(["train", "--model", "ViT-Tiny-32px", "--steps", "1", "--batch-size", "4", "--workers", "0",
                  "--output", str(model_dir)]) == 2

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["count", "counts"]
+__all__ = ["check_output", "count", "counts"]
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -26,3 +27,16 @@ def count(minimum: int) -> Callable[[str], int]:
 def counts(text: str) -> list[int]:
     """``1,2,4``: positive integers separated by commas."""
     return [count(1)(part) for part in text.split(",") if part.strip()]
+
+
+def check_output(out: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
+    """Before any work: ``out`` is none of the ``inputs``, and replaces nothing unless ``overwrite`` (an empty
+    folder replaces nothing)."""
+    from cliplab.errors import CliplabError
+
+    target = Path(out)
+    for src in inputs:
+        if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
+            raise CliplabError(f"{out}: is also the input; write to another path")
+    if target.exists() and not overwrite and not (target.is_dir() and not any(target.iterdir())):
+        raise CliplabError(f"{out}: already exists; pass --overwrite to replace it, or write to another path")

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "gelu (open_clip's own models, e.g. LAION's)")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow full unpickling / TorchScript (runs code from the file: only for trusted files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
 
@@ -24,8 +25,10 @@ def run(args: argparse.Namespace) -> int:
 
     from cliplab.api import load_model
     from cliplab.checkpoint import save_checkpoint, validate_state_dict
+    from cliplab.cli.args import check_output
     from cliplab.config import CLIPConfig, load_arch
 
+    check_output(args.dst, [args.src], args.overwrite)
     forced = CLIPConfig.for_model(load_arch(args.arch), name=args.arch) if args.arch else None
     if forced and args.activation:
         from cliplab.convert.foreign import with_activation

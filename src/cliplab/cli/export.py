@@ -11,12 +11,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "hf"], default="onnx")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--allow-unsafe-pickle", action="store_true", help="allow full unpickling (runs code!)")
+    p.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cliplab.api import load_model
+    from cliplab.cli.args import check_output
 
+    check_output(args.output, [args.checkpoint], args.overwrite)
     model, cfg, root = load_model(args.checkpoint, device="cpu", allow_unsafe=args.allow_unsafe_pickle)
     if args.format == "onnx":
         from cliplab.infer.export import export_onnx

@@ -11,14 +11,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("b", help="second checkpoint (alpha = 1)")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cliplab.api import load_model
     from cliplab.checkpoint import save_checkpoint
+    from cliplab.cli.args import check_output
     from cliplab.errors import CliplabError
 
+    check_output(args.output, [args.a, args.b], args.overwrite)
     if not 0.0 <= args.alpha <= 1.0:
         raise CliplabError(f"--alpha must be in [0, 1], got {args.alpha}")
     a, cfg_a, root = load_model(args.a)

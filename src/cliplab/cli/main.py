@@ -36,7 +36,10 @@ SUBCOMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cliplab import __version__
+
     parser = argparse.ArgumentParser(prog="cliplab", description="CLIP: load, train, evaluate, search.")
+    parser.add_argument("--version", action="version", version=f"cliplab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     # dotted overrides (key=value) may stand anywhere among the flags of commands that take them
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif extra:  # the subcommand's own usage line, not the top-level one
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         with warnings.catch_warnings():  # restores the process's warning display on the way out
             shown = warnings.showwarning

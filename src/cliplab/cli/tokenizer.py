@@ -12,11 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub.required = True
     t = tsub.add_parser("train", help="learn a byte-level BPE from captions (a .txt, one per line, or a CSV)")
     t.add_argument("--input", required=True)
-    t.add_argument("--column", default="title", help="caption column of a CSV input")
-    t.add_argument("--separator", default=",")
+    t.add_argument("--column", "--csv-caption-key", dest="column", default="title",
+                   help="caption column of a CSV input")
+    t.add_argument("--separator", "--csv-separator", dest="separator", default=",")
     t.add_argument("--vocab-size", type=int, default=1000, help="tokens in all, at least 514 (default 1000)")
-    t.add_argument("--context-length", type=int, default=77)
     t.add_argument("--output", required=True, help="tokenizer JSON file to write")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing output")
     t.set_defaults(func=run_train)
     e = tsub.add_parser("encode", help="print the token ids of a text")
     e.add_argument("text")
@@ -25,10 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from cliplab.cli.args import check_output
     from cliplab.data.csv import read_rows
     from cliplab.errors import CliplabError
     from cliplab.tokenizer import train_bpe
 
+    check_output(args.output, [args.input], args.overwrite)
     src = Path(args.input)
     if src.suffix.lower() in (".csv", ".tsv"):
         texts = [r[0] for r in read_rows(src, [args.column], args.separator)[0]]
@@ -40,7 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise CliplabError(f"{src}: no captions")
-    tok = train_bpe(texts, args.vocab_size, args.output, args.context_length)
+    tok = train_bpe(texts, args.vocab_size, args.output)
     print(f"learned {tok.vocab_size} tokens from {len(texts)} captions -> {args.output}")
     return 0
 

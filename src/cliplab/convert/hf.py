@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from cliplab.config import (
     TokenizerConfig,
     ViTConfig,
 )
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.fileio import atomic_path, write_json
+
+OPENAI_VOCAB = 49408  # OpenAI's BPE: 256 bytes, 256 word-final bytes, 48,894 merges, start, end
 
 __all__ = ["export_hf", "from_hf", "hf_config_to_cliplab", "is_hf_dir", "read_hf_dir", "to_hf"]
 
@@ -81,7 +84,12 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
     model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
                         init_logit_scale=cfg.get("logit_scale_init_value", 2.6592))
     pre = _preprocess_from_hf(preprocessor, vision.image_size) if preprocessor else PreprocessConfig(vision.image_size)
+    if text.vocab_size != OPENAI_VOCAB:
+        warnings.warn(f"the text tower has a vocabulary of {text.vocab_size} tokens, not the {OPENAI_VOCAB} of "
+                      "OpenAI's BPE, which cliplab tokenizes with: give encode_text the ids of this model's own "
+                      "tokenizer (image embeddings are unaffected)", CliplabWarning, stacklevel=3)
     return CLIPConfig(model, pre, TokenizerConfig(context_length=text.context_length), name=cfg.get("_name_or_path"))
+
 
 
 def _side(value: Any, where: str) -> tuple[str, int, int]:
@@ -194,7 +202,8 @@ def _hf_config(cfg: CLIPConfig) -> dict[str, Any]:
     m = cfg.model
     v, t = m.vision, m.text
     if not isinstance(v, ViTConfig) or not isinstance(t, TextTransformerConfig):
-        raise CliplabError("only ViT + Transformer models have a Hugging Face CLIPModel equivalent")
+        raise CliplabError(f"a {v.type} image tower with a {t.type} text tower has no Hugging Face CLIPModel "
+                           "equivalent (only ViT + Transformer); keep the native format or export to ONNX")
     return {
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": m.embed_dim,
         "logit_scale_init_value": m.init_logit_scale,
@@ -229,8 +238,8 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
         raise CliplabError(f"{out}: a HF CLIPModel is a folder (config.json, model.safetensors, tokenizer "
                            "files); give a folder name")
     check_model_output(out)
+    hf_cfg = _hf_config(cfg)  # refuses what HF cannot hold before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    hf_cfg = _hf_config(cfg)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in to_hf(model.state_dict()).items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})

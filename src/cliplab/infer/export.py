@@ -62,8 +62,15 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out:
 
 @torch.no_grad()
 def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], root: Path | None = None) -> Path:
-    """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and ``config.json`` into ``out_dir``."""
+    """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and ``config.json`` into ``out_dir``, which must not
+    be a training run's folder nor hold a model (its config.json would be replaced)."""
+    from cliplab.checkpoint import WEIGHTS, check_model_output
+
     out = Path(out_dir)
+    check_model_output(out)
+    if (out / WEIGHTS).exists() or (out / "pytorch_model.bin").exists():
+        raise CliplabError(f"{out}: holds a model, whose config.json the export would replace; export to another "
+                           "folder")
     out.mkdir(parents=True, exist_ok=True)
     caller, was_training = model, model.training
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):

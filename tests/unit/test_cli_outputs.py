@@ -1,0 +1,100 @@
+"""What the model-writing commands write: never their own input, never over an output unasked, never a
+model's or run's config.json, and errors that name the user's path."""
+
+import json
+
+import pytest
+
+import cliplab
+from cliplab.checkpoint import save_checkpoint
+from cliplab.cli.main import main
+from cliplab.config import CLIPConfig
+from cliplab.errors import CliplabWarning
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("outs")
+    for name in ("ViT-Tiny-32px", "ViT-Tiny-32px-CBOW"):
+        model = cliplab.create_model(name)
+        save_checkpoint(model, CLIPConfig.for_model(model.cfg, name=name), d / name)
+    (d / "caps.txt").write_text("a red square\na blue circle\n" * 20)
+    return d
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_outputs_are_not_inputs_nor_replaced_unasked(ckpts, tmp_path, capsys):
+    vit = str(ckpts / "ViT-Tiny-32px")
+    assert main(["convert", vit, vit]) == 2
+    assert "is also the input" in _error(capsys)
+    assert main(["interpolate", vit, vit, "--output", vit]) == 2
+    assert "is also the input" in _error(capsys)
+    assert main(["tokenizer", "train", "--input", str(ckpts / "caps.txt"), "--output", str(ckpts / "caps.txt"),
+                 "--vocab-size", "520"]) == 2
+    assert "is also the input" in _error(capsys)
+    out = tmp_path / "copy"
+    assert main(["convert", vit, str(out)]) == 0
+    assert main(["convert", vit, str(out)]) == 2
+    assert "already exists; pass --overwrite" in _error(capsys)
+    assert main(["convert", vit, str(out), "--overwrite"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", vit, str(tmp_path / "empty")]) == 0  # an empty folder replaces nothing
+    assert cliplab.load(tmp_path / "empty")[0] is not None
+
+
+def test_onnx_export_never_replaces_a_models_config(ckpts, capsys):
+    pytest.importorskip("onnx")
+    vit = str(ckpts / "ViT-Tiny-32px")
+    before = (ckpts / "ViT-Tiny-32px" / "config.json").read_text()
+    assert main(["export", "--checkpoint", str(ckpts / "ViT-Tiny-32px-CBOW"), "--output", vit, "--overwrite"]) == 2
+    assert "holds a model" in _error(capsys)
+    assert (ckpts / "ViT-Tiny-32px" / "config.json").read_text() == before
+
+
+def test_a_refused_hf_conversion_leaves_no_folder(ckpts, tmp_path, capsys):
+    assert main(["convert", str(ckpts / "ViT-Tiny-32px-CBOW"), str(tmp_path / "hf"), "--format", "hf"]) == 2
+    assert "a vit image tower with a cbow text tower" in _error(capsys)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_write_errors_name_the_users_path(ckpts, tmp_path, capsys):
+    (tmp_path / "tok.json").mkdir()
+    (tmp_path / "tok.json" / "x").write_text("")  # not empty: refused unless --overwrite
+    args = ["tokenizer", "train", "--input", str(ckpts / "caps.txt"), "--output", str(tmp_path / "tok.json"),
+            "--vocab-size", "520"]
+    assert main([*args, "--overwrite"]) == 2
+    err = _error(capsys)
+    assert err.startswith(f"error: {tmp_path / 'tok.json'}: ") and ".tmp" not in err
+
+
+def test_tokenizer_takes_the_csv_flag_names(tmp_path):
+    (tmp_path / "c.tsv").write_text("filepath\tcap\n" + "a.png\ta red square\n" * 30)
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "c.tsv"), "--csv-caption-key", "cap",
+                 "--csv-separator", "\\t", "--vocab-size", "520", "--output", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())
+
+
+def test_version_and_the_subcommands_own_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"cliplab {cliplab.__version__}"
+    with pytest.raises(SystemExit):
+        main(["convert", "a", "b", "--nope"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: cliplab convert") and "unrecognized arguments: --nope" in err
+
+
+def test_a_hf_model_with_its_own_vocabulary_is_said(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.CLIPConfig(projection_dim=16, vision_config=dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=32,
+        patch_size=16), text_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                         num_hidden_layers=1, vocab_size=1000))
+    transformers.CLIPModel(cfg).save_pretrained(tmp_path / "hf")
+    with pytest.warns(CliplabWarning, match="vocabulary of 1000 tokens, not the 49408 of OpenAI's BPE"):
+        cliplab.load(tmp_path / "hf")
