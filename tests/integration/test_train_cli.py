@@ -119,7 +119,7 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 def test_accumulation_with_batch_norm_is_said_to_approximate(tmp_path, capsys):
     args = ["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "1", "--batch-size", "4", "--accum-steps", "2"]
     assert main([*args, "--output", str(tmp_path / "a")]) == 0
-    assert "BatchNorm normalises each of the 2 micro-batches" in capsys.readouterr().out
+    assert "BatchNorm normalises each of the 2 pieces of a batch (2 micro-batches)" in capsys.readouterr().out
     assert main([*args, "--lock-image", "--output", str(tmp_path / "b")]) == 0  # a locked tower: running stats
     assert "BatchNorm" not in capsys.readouterr().out
 

@@ -334,3 +334,25 @@ def test_resumed_fine_tuning_is_exact_after_its_base_moved(tmp_path):
     base.rename(tmp_path / "moved")
     assert main(["train", *args, "--output", str(part), "--resume", "latest"]) == 0
     assert run_losses(part) == run_losses(full)
+
+
+def test_shards_read_by_another_number_of_processes_are_said(tmp_path, capsys):
+    from cliplab.data.shards import write_shards
+
+    samples = []
+    for i in range(16):
+        Image.new("RGB", (36, 36), (i * 15, 90, 40)).save(tmp_path / f"{i}.png")
+        samples.append((tmp_path / f"{i}.png", f"picture {i}"))
+    write_shards(samples, tmp_path / "shards", per_shard=8)
+    run = tmp_path / "run"
+    args = [*COMMON, "--batch-size", "4", "--train-data", str(tmp_path / "shards" / "{00000..00001}.tar"),
+            "--steps", "4", "--save-every", "2", "--output", str(run)]
+    assert main(["train", *args, "--stop-after", "3"]) == 0  # as if killed after the checkpoint of step 2
+    trainer = resolve_run_dir(run) / "trainer.pt"
+    state = torch.load(trainer, weights_only=True)
+    state["data_positions"] = state["data_positions"] * 2  # as if written by 2 processes
+    torch.save(state, trainer)
+    capsys.readouterr()
+    assert main(["train", *args, "--resume", "latest"]) == 0
+    assert "read its shards with 2 process(es), this one with 1: the shard stream starts again" in \
+        capsys.readouterr().out

@@ -24,6 +24,7 @@ from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import autocast
 from cliplab.train.config import TrainConfig, to_dict
+from cliplab.train.guard import die_with_launcher, lock_run
 from cliplab.train.optim import build_optimizer, lr_at
 from cliplab.train.resume import Position, restore, resume_checkpoint, resumed_tokenizer
 from cliplab.train.state import rng_state, save_run_checkpoint
@@ -175,6 +176,15 @@ class _Log:
 
 def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True) -> RunResult:
     """Run (or resume) a training run described by ``cfg``; returns the trained model and its history."""
+    held: list[Any] = []  # the run folder's lock, released however the run ends
+    try:
+        return _run(cfg, eval_hooks, progress, held)
+    finally:
+        for fh in {id(f): f for f in held if f is not None}.values():
+            fh.close()
+
+
+def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool, held: list[Any]) -> RunResult:
     from tqdm import tqdm
 
     from cliplab.data.loader import build_train_data
@@ -186,6 +196,9 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     run_dir = Path(cfg.output)
     main = rank == 0
     torch.manual_seed(cfg.seed)
+    die_with_launcher()
+    lock = lock_run(run_dir) if main and run_dir.is_dir() else None  # before reading its checkpoints
+    held.append(lock)
     resume_from = resume_checkpoint(cfg, run_dir, main)
     tok_file = None if cfg.tokenizer is None else Path(cfg.tokenizer)
     if resume_from is not None:  # a learned tokenizer: the run's own copy
@@ -198,9 +211,12 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
-    if cfg.accum_steps > 1 and batch_norm and main and progress and resume_from is None:
-        print(f"note: this model's BatchNorm normalises each of the {cfg.accum_steps} micro-batches with its own "
-              "statistics, so --accum-steps approximates one batch of them rather than equalling it", flush=True)
+    parts = cfg.accum_steps * world  # pieces a global batch is normalised in
+    if parts > 1 and batch_norm and main and progress and resume_from is None:
+        how = " and ".join(x for x in (f"{world} processes" if world > 1 else "",
+                                       f"{cfg.accum_steps} micro-batches" if cfg.accum_steps > 1 else "") if x)
+        print(f"note: this model's BatchNorm normalises each of the {parts} pieces of a batch ({how}) with its own "
+              "statistics, so the step approximates one whole batch rather than equalling it", flush=True)
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
@@ -236,7 +252,7 @@ def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: boo
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        held.append(lock_run(run_dir, lock))
         write_json(run_dir / "config.json", {"train": to_dict(cfg), "world_size": world})
     log = _Log(run_dir / "metrics.jsonl", main, start)
     bad_log = _Log(run_dir / "bad_samples.jsonl", main, start - 1,  # rows carry the step they were drawn for

@@ -111,6 +111,9 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
               "accum), which changes the contrastive task and the data order", flush=True)
     set_rng_state(state["rng"])
     positions = state.get("data_positions") or []
+    if notes and positions and len(positions) != world:
+        print(f"note: the run read its shards with {len(positions)} process(es), this one with {world}: the "
+              "shard stream starts again, reshuffled, so pairs of the current epoch may be met twice", flush=True)
     return Position(step, total, drawn=int(state.get("batches_drawn", step)),
                      bad_samples=int(state.get("bad_samples", 0)), dropped=int(state.get("dropped_pairs", 0)),
                      data_position=positions[rank] if len(positions) == world else None)
