@@ -126,3 +126,33 @@ def test_compiled_ddp_trains_like_one_eager_process(tmp_path):
     _, sd1 = load_checkpoint(resolve_run_dir(one))
     _, sd2 = load_checkpoint(resolve_run_dir(two))
     assert sd1.keys() == sd2.keys()
+
+
+def _embed(out, csv, checkpoint, port, *extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "cliplab", "embed", "--checkpoint", str(checkpoint), "--images",
+           str(csv), "--csv-caption-key", "title", "--output", str(out), "--part-size", "4", *extra]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_embedding_under_torchrun_agrees_on_the_store(tmp_path):
+    from cliplab.infer.store import EmbeddingStore
+    from tests.integration.helpers import tiny_checkpoint
+
+    csv = _data(tmp_path / "data")
+    rows = csv.read_text().splitlines()
+    (tmp_path / "data" / "dup.csv").write_text("\n".join([*rows, rows[1], rows[1]]) + "\n")  # a row thrice
+    ck_a, ck_b = tiny_checkpoint(tmp_path / "a"), tiny_checkpoint(tmp_path / "b")
+    store = tmp_path / "store"
+    res = _embed(store, tmp_path / "data" / "dup.csv", ck_a, 29536)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(EmbeddingStore(store).metadata()) == len(rows) + 1  # every row once, the repeated one thrice
+    assert res.stdout.count("embedded") == 1  # one summary, rank 0's, of every process's work
+    files = sorted(p.name for p in store.iterdir())
+    res = _embed(store, csv, ck_b, 29537)  # another model: every process refuses, nothing is added
+    assert res.returncode != 0 and "store was built with" in res.stderr
+    assert sorted(p.name for p in store.iterdir()) == files
+    res = _embed(tmp_path / "fresh", csv, ck_a, 29538, "--texts", str(tmp_path / "none.txt"))
+    assert res.returncode != 0 and "none.txt" in res.stderr
+    assert not (tmp_path / "fresh").exists()  # rank 0's bad input stopped rank 1 before it wrote

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from cliplab.cli.args import count
 
@@ -63,7 +64,50 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _agree(err: BaseException | None, world: int) -> None:
+    """Under torchrun every process learns whether any failed, so none goes on writing alone: the one that
+    failed raises its own error, the others one naming it."""
+    if world > 1:
+        import torch.distributed as dist
+
+        from cliplab.errors import CliplabError
+
+        errors: list[str | None] = [None] * world
+        dist.all_gather_object(errors, None if err is None else " ".join(str(err).split()))
+        failed = next(((r, e) for r, e in enumerate(errors) if e), None)
+        if err is None and failed is not None:
+            raise CliplabError(f"process {failed[0]} stopped: {failed[1]}")
+    if err is not None:
+        raise err
+
+
+def _gathered(report: Any, world: int) -> tuple[int, int, list[Any], float]:
+    """Every process's (embedded, already stored, skipped, seconds), summed."""
+    mine = (report.embedded, report.already_done, report.skipped, report.seconds)
+    if world == 1:
+        return mine
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine)
+    return (sum(r[0] for r in every), sum(r[1] for r in every), [b for r in every for b in r[2]],
+            max(r[3] for r in every))
+
+
 def run(args: argparse.Namespace) -> int:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return _run(args, 0, 1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")  # agreement and a barrier only: the vectors go to each rank's own parts
+    try:
+        return _run(args, dist.get_rank(), world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, rank: int, world: int) -> int:
     import torch
 
     from cliplab.api import load_model, resolve_device
@@ -73,30 +117,46 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(args.device)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    model, cfg, root = load_model(args.checkpoint, device=device)
-    # every input is read before anything is written: a wrong path costs no store and no embedding time
-    items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
-    texts = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts and rank == 0 else None
-    autocast(device, args.precision)  # refuses fp16 without CUDA before the store exists
-    made_by = {"model_id": model_id(args.checkpoint), "weights": weights_fingerprint(model)}
+    failure = None
+    try:  # every input is read before anything is written: a wrong path costs no store and no embedding time
+        device = resolve_device(args.device)
+        if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        model, cfg, root = load_model(args.checkpoint, device=device)
+        items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+        texts = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts else None
+        autocast(device, args.precision)  # refuses fp16 without CUDA before the store exists
+        made_by = {"model_id": model_id(args.checkpoint), "weights": weights_fingerprint(model)}
+    except Exception as err:  # every process must hear of it; _agree re-raises it here
+        failure = err
+    _agree(failure, world)
+    store = None
+    try:
+        store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype, rank=rank,
+                                              **made_by)
+    except Exception as err:
+        failure = err
+    _agree(failure, world)
     if args.compile:
         model.compile_for_inference()
-    store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype, rank=rank,
-                                          **made_by)
+    barrier = None
+    if world > 1:
+        import torch.distributed as dist
+
+        barrier = dist.barrier
     report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
                               workers=args.workers, precision=args.precision, part_size=args.part_size,
-                              rank=rank, world_size=world, progress=rank == 0)
-    for bad in report.skipped[:20]:
-        print(f"skipped {bad.source}: {bad.reason}", file=sys.stderr)
-    if len(report.skipped) > 20:
-        print(f"... and {len(report.skipped) - 20} more", file=sys.stderr)
-    print(f"embedded {report.embedded} image(s) ({report.images_per_second:.1f} img/s), "
-          f"{report.already_done} already in the store, skipped {len(report.skipped)} unreadable or unusable")
-    if texts is not None:
+                              rank=rank, world_size=world, progress=rank == 0, snapshot_taken=barrier)
+    embedded, already, skipped, seconds = _gathered(report, world)
+    if rank == 0:
+        for bad in skipped[:20]:
+            print(f"skipped {bad.source}: {bad.reason}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"... and {len(skipped) - 20} more", file=sys.stderr)
+        rate = embedded / seconds if seconds else 0.0
+        print(f"embedded {embedded} image(s) ({rate:.1f} img/s), {already} already in the store, skipped "
+              f"{len(skipped)} unreadable or unusable")
+    if texts is not None and rank == 0:
         import numpy as np
 
         tstore = EmbeddingStore.open_or_create(os.path.join(args.output, "texts"), dim=cfg.model.embed_dim,

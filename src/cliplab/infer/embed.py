@@ -17,7 +17,7 @@ import os
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,16 +294,24 @@ def embed_collection(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    snapshot_taken: Callable[[], None] | None = None,
 ) -> EmbedReport:
-    """Embed the not-yet-stored ``items`` of this rank into ``store`` (an :class:`EmbeddingStore`)."""
+    """Embed this rank's share of the not-yet-stored ``items`` into ``store`` (an :class:`EmbeddingStore`).
+
+    What is not yet stored is decided on the whole list, then shared out by rank, so every rank must see the
+    same store: under several processes pass ``snapshot_taken``, a barrier every rank passes after reading
+    the store and before any writes."""
     from tqdm import tqdm
 
     report = EmbedReport()
-    mine = items[rank::world_size]
-    report.skipped.extend(BadSample(item["source"], item["skip"]) for item in mine if "skip" in item)
-    usable = [item for item in mine if "skip" not in item]
-    todo = _not_stored(usable, store)
-    report.already_done = len(usable) - len(todo)
+    report.skipped.extend(BadSample(item["source"], item["skip"]) for item in items[rank::world_size]
+                          if "skip" in item)
+    usable = [item for item in items if "skip" not in item]
+    waiting = _not_stored(usable, store)  # one snapshot of the store, the same on every rank
+    if snapshot_taken is not None:
+        snapshot_taken()
+    todo = waiting[rank::world_size]
+    report.already_done = len(usable) - len(waiting) if rank == 0 else 0  # counted once, by rank 0
     loader = DataLoader(_ImageItems(todo, preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     device = _device(model)

@@ -142,7 +142,7 @@ class EmbeddingStore:
     def open_or_create(cls, path: str | os.PathLike[str], dim: int, dtype: str = "float16",
                        model_id: str | None = None, rank: int = 0, weights: str | None = None) -> EmbeddingStore:
         path = Path(path)
-        if (path / _manifest_name(rank)).exists():
+        if any(path.glob("manifest*.json")):  # any rank's: a new rank joins only a store of its own model
             store = cls(path)
             if store.dim != dim:
                 raise CliplabError(f"{path}: store holds {store.dim}-d vectors but the model makes {dim}-d ones")
@@ -151,7 +151,8 @@ class EmbeddingStore:
             if weights and store.weights and weights != store.weights:
                 raise CliplabError(f"{path}: store was built with other weights than those of {model_id} "
                                    "(the checkpoint changed since); embed into a new store")
-            return store
+            if (path / _manifest_name(rank)).exists():
+                return store
         # each rank writes only its own manifest, so ranks starting together never overwrite each other
         return cls.create(path, dim, dtype, model_id, rank=rank, weights=weights)
 
