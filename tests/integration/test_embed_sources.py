@@ -13,6 +13,7 @@ from cliplab.data.shards import write_shards
 from cliplab.data.synthetic import SyntheticWorld, write_folder
 from cliplab.infer.embed import read_item_image
 from cliplab.infer.store import EmbeddingStore
+from tests.helpers import write_tar
 from tests.integration.helpers import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -124,19 +125,6 @@ def test_not_a_tar_and_folders_with_pattern_characters(tmp_path, capsys):
     assert len(EmbeddingStore(tmp_path / "s2")) == 3
 
 
-def _tar(path, members):
-    """A shard holding ``members`` (name -> bytes)."""
-    import io
-    import tarfile
-
-    with tarfile.open(path, "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _png_bytes(colour):
     import io
 
@@ -151,7 +139,7 @@ def test_parts_with_and_without_captions_are_searchable(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     members = {"s0.png": _png_bytes((255, 0, 0)), "s1.png": _png_bytes((0, 255, 0)), "s2.png": _png_bytes((0, 0, 255)),
                "s2.txt": b"a blue square", "s3.png": _png_bytes((9, 9, 9)), "s3.txt": b"a dark square"}
-    shard = _tar(tmp_path / "shard.tar", members)
+    shard = write_tar(tmp_path / "shard.tar", members)
     embed = ["embed", "--checkpoint", str(ckpt), "--images", str(shard), "--output", str(tmp_path / "st"),
              "--part-size", "2"]
     assert main(embed) == 0  # the first part has no captions, the second has

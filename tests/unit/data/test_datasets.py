@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tests.helpers import write_tar
 
 from cliplab.cli.main import main
 from cliplab.config import PreprocessConfig
@@ -245,16 +246,6 @@ def test_a_quote_left_open_is_an_error_naming_its_line(tmp_path):
     assert rows == [["a.png", 'a "quoted" word'], ["b.png", "two\nlines"]] and lines == [2, 4]
 
 
-def _tar(path, members):
-    import io
-
-    with tarfile.open(path, "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-
-
 def test_json_captions_must_be_strings_and_broken_shards_are_named(tmp_path, transform, tokenizer):
     import io
 
@@ -266,9 +257,9 @@ def test_json_captions_must_be_strings_and_broken_shards_are_named(tmp_path, tra
     members = {}
     for key, meta in metas.items():
         members.update({f"{key}.png": png, f"{key}.json": __import__("json").dumps(meta).encode()})
-    _tar(tmp_path / "00000.tar", members)
+    write_tar(tmp_path / "00000.tar", members)
     (tmp_path / "00001.tar").write_bytes(bytes(range(256)) * 40)  # not a tar at all
-    _tar(tmp_path / "00002.tar", {"f.png": png, "f.txt": b"fine"})
+    write_tar(tmp_path / "00002.tar", {"f.png": png, "f.txt": b"fine"})
     (tmp_path / "00002.tar").write_bytes((tmp_path / "00002.tar").read_bytes()[:700])  # truncated
     ds = ShardDataset(str(tmp_path / "{00000..00002}.tar"), transform, tokenizer, shuffle_buffer=1)
     items = list(ds)
