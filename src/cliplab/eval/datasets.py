@@ -112,6 +112,20 @@ class ClassFolderDataset(Dataset):
         return _load(path, str(path), self.transform), label
 
 
+def _numbers_as_names(path: Path, n: int, seen: int) -> None:
+    """Integer labels without class names: the prompts name the numbers (fine for digits, said for the
+    rest); indices far beyond the labels present would make a class (and a confusion row) of each."""
+    import warnings
+
+    from cliplab.errors import CliplabWarning
+
+    if n > 1000 and n > 2 * seen:
+        raise CliplabError(f"{path}: labels are class indices up to {n - 1}, but only {seen} values appear; give "
+                           "--classnames (names for the indices), or write class names as labels")
+    warnings.warn(f"{path}: labels are class indices and no --classnames were given, so the prompts name the "
+                  "numbers themselves ('a photo of a 3.')", CliplabWarning, stacklevel=3)
+
+
 class LabelCsvDataset(Dataset):
     """CSV rows of (image path, label). Integer labels are class indices (``classnames`` then gives their
     names, a list in index order); other labels are class names, ordered as ``classnames`` lists them or,
@@ -145,6 +159,8 @@ class LabelCsvDataset(Dataset):
             for label, line in zip(labels, lines, strict=True):
                 if not 0 <= label < n:
                     raise CliplabError(f"{self.path}:{line}: label {label} is outside 0..{n - 1}")
+            if classnames is None:
+                _numbers_as_names(self.path, n, len(set(labels)))
             keys = [str(i) for i in range(n)]
             self.classnames = _rename(keys, classnames, str(self.path))
         else:

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from cliplab.config import PreprocessConfig
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.eval.datasets import ClassFolderDataset, LabelCsvDataset, make_loader
 from cliplab.eval.zeroshot import zero_shot_classifier, zero_shot_evaluate
 from cliplab.transforms import ImageError, Preprocess
@@ -77,8 +77,12 @@ def test_csv_integer_labels_with_classnames(folder, tmp_path):
     ds = LabelCsvDataset(csv, stand_in, classnames=["red", "green", "blue"])
     assert ds.classnames == ["red", "green", "blue"]
     assert len(ds) == 2 and ds[1][1] == 2 and ds[1][0][2].min() == 1.0
-    plain = LabelCsvDataset(csv, stand_in)
+    with pytest.warns(CliplabWarning, match="the prompts name the numbers themselves"):
+        plain = LabelCsvDataset(csv, stand_in)
     assert plain.classnames == ["0", "1", "2"]
+    sparse = write_csv(tmp_path / "ids.csv", [("val/n01_red/0.png", 0), ("val/n03_blue/1.png", 50000)])
+    with pytest.raises(CliplabError, match=r"class indices up to 50000, but only 2 values appear; give --classnames"):
+        LabelCsvDataset(sparse, stand_in)  # not 50,001 classes and a confusion matrix to match
 
 
 def test_csv_string_labels_custom_columns(folder, tmp_path):
