@@ -130,7 +130,6 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
     except Exception as err:  # every process must hear of it; _agree re-raises it here
         failure = err
     _agree(failure, world)
-    store = None
     try:
         store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype, rank=rank,
                                               **made_by)

@@ -23,11 +23,9 @@ __all__ = ["die_with_launcher", "lock_run"]
 LOCK = ".lock"
 
 
-def lock_run(run_dir: Path, held: IO[str] | None = None) -> IO[str] | None:
+def lock_run(run_dir: Path) -> IO[str] | None:
     """Lock ``run_dir`` (created if needed) for this process; keep the returned file open while the run lasts.
-    ``held``: a lock this process already holds (returned as is). ``None`` where ``flock`` does not exist."""
-    if held is not None:
-        return held
+    ``None`` where ``flock`` does not exist."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock

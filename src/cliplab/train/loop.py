@@ -5,6 +5,7 @@ Works on one CPU and under ``torchrun`` (PyTorch DDP, gloo on CPU / NCCL on CUDA
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -176,15 +177,20 @@ class _Log:
 
 def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True) -> RunResult:
     """Run (or resume) a training run described by ``cfg``; returns the trained model and its history."""
-    held: list[Any] = []  # the run folder's lock, released however the run ends
-    try:
-        return _run(cfg, eval_hooks, progress, held)
-    finally:
-        for fh in {id(f): f for f in held if f is not None}.values():
-            fh.close()
+    with contextlib.ExitStack() as locks:  # the run folder's lock, released however the run ends
+        return _run(cfg, eval_hooks, progress, locks)
 
 
-def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool, held: list[Any]) -> RunResult:
+def _lock(run_dir: Path, locks: contextlib.ExitStack) -> bool:
+    """Lock ``run_dir`` until ``locks`` closes (where flock exists); True: the folder is seen to."""
+    fh = lock_run(run_dir)
+    if fh is not None:
+        locks.enter_context(fh)
+    return True
+
+
+def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
+         locks: contextlib.ExitStack) -> RunResult:
     from tqdm import tqdm
 
     from cliplab.data.loader import build_train_data
@@ -197,8 +203,7 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool, hel
     main = rank == 0
     torch.manual_seed(cfg.seed)
     die_with_launcher()
-    lock = lock_run(run_dir) if main and run_dir.is_dir() else None  # before reading its checkpoints
-    held.append(lock)
+    locked = main and run_dir.is_dir() and _lock(run_dir, locks)  # before reading its checkpoints
     resume_from = resume_checkpoint(cfg, run_dir, main)
     tok_file = None if cfg.tokenizer is None else Path(cfg.tokenizer)
     if resume_from is not None:  # a learned tokenizer: the run's own copy
@@ -252,7 +257,7 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool, hel
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
     if main:
-        held.append(lock_run(run_dir, lock))
+        locked = locked or _lock(run_dir, locks)
         write_json(run_dir / "config.json", {"train": to_dict(cfg), "world_size": world})
     log = _Log(run_dir / "metrics.jsonl", main, start)
     bad_log = _Log(run_dir / "bad_samples.jsonl", main, start - 1,  # rows carry the step they were drawn for
