@@ -4,6 +4,8 @@ import io
 import tarfile
 from pathlib import Path
 
+import torch
+
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:
     """A tar file (a WebDataset shard, say) holding ``members`` (name -> bytes), in that order."""
@@ -13,3 +15,26 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path
+
+
+class _Holder(torch.nn.Module):
+    """Tensors under dotted names, as nested modules (what OpenAI's released TorchScript archives hold)."""
+
+    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        for name, value in sd.items():
+            owner = self
+            *path, leaf = name.split(".")
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, torch.nn.Module())
+                owner = getattr(owner, part)
+            owner.register_buffer(leaf, value.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def torchscript_archive(sd: dict[str, torch.Tensor]) -> torch.jit.ScriptModule:
+    """A TorchScript module holding ``sd`` (OpenAI's names), to ``.save`` like OpenAI's ``.pt`` releases."""
+    return torch.jit.trace(_Holder(sd), torch.zeros(1))

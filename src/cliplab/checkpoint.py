@@ -108,9 +108,10 @@ def is_native(path: str | os.PathLike[str]) -> bool:
         if not (path / WEIGHTS).exists() or not (path / CONFIG).exists():
             return False
         try:
-            return "model" in json.loads((path / CONFIG).read_text())  # a HF config.json has no "model"
-        except (OSError, json.JSONDecodeError):
+            data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
             return False
+        return isinstance(data, dict) and "model" in data  # a HF config.json has no "model"
     if path.suffix == ".safetensors" and path.is_file():
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -125,14 +126,16 @@ def read_config(path: str | os.PathLike[str]) -> CLIPConfig:
     path = Path(path)
     try:
         if path.is_dir():
-            data = json.loads((path / CONFIG).read_text())
+            data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
         else:
             with safe_open(str(path), framework="pt") as fh:
                 data = json.loads((fh.metadata() or {})[META_KEY])
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {CONFIG} (not a cliplab checkpoint?)") from None
-    except (KeyError, json.JSONDecodeError, SafetensorError, OSError) as err:
+    except (KeyError, ValueError, SafetensorError, OSError) as err:  # ValueError: not JSON, or not UTF-8
         raise CheckpointError(f"{path}: unreadable checkpoint config ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: unreadable checkpoint config (a JSON {type(data).__name__}, not an object)")
     data.pop("cliplab_version", None)
     try:
         return from_dict(data)

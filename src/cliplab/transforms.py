@@ -113,6 +113,8 @@ def to_tensors(imgs: list[Image.Image], mean: tuple[float, ...], std: tuple[floa
 def _resize_short(img: Image.Image, n: int, resample: int) -> Image.Image:
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
+    if short == 0:
+        raise ImageError(f"an empty {w}x{h} image")
     new_long = int(n * long / short)
     size = (n, new_long) if w <= h else (new_long, n)  # (w, h)
     if n * new_long > MAX_PIXELS:  # a thin strip: scaling its short side up would take gigabytes
@@ -233,11 +235,16 @@ def as_pixels(image: Any, preprocess: Any, where: str = "image") -> torch.Tensor
     if isinstance(image, str | os.PathLike):
         image = load_image(image)
     elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]  # (H, W): grayscale
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
             raise CliplabError(f"{where} is a {image.dtype} array of shape {image.shape}; give (H, W) or "
-                               "(H, W, C) uint8")
+                               "(H, W, C) uint8 with C = 1, 3 (RGB) or 4 (RGBA)")
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
         raise CliplabError(f"{where} is a {type(image).__name__}; give PIL images, file paths, uint8 arrays or "
                            "preprocessed tensors")
-    return preprocess(image)
+    try:
+        return preprocess(image)
+    except ImageError as err:
+        raise ImageError(f"{where}: {err}") from None

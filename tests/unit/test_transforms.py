@@ -185,3 +185,19 @@ def test_stack_equals_per_image_calls():
     batched = aug.stack(imgs, generator=torch.Generator().manual_seed(3))
     assert torch.equal(batched, per_image) and torch.equal(batched[:1], one)
     assert batched.shape == (7, 3, 24, 24) and batched.is_contiguous()
+
+
+def test_arrays_of_every_channel_count_and_empty_images():
+    from cliplab.errors import CliplabError
+    from cliplab.transforms import as_pixels
+
+    pre = Preprocess(PreprocessConfig(image_size=8))
+    gray = np.random.default_rng(0).integers(0, 256, (5, 6), dtype=np.uint8)
+    assert torch.equal(as_pixels(gray[:, :, None], pre), as_pixels(gray, pre))  # (H, W, 1) is grayscale
+    assert as_pixels(np.zeros((5, 6, 4), np.uint8), pre).shape == (3, 8, 8)
+    with pytest.raises(CliplabError, match=r"^image 2 is a uint8 array of shape \(5, 6, 5\); give .* C = 1, 3"):
+        as_pixels(np.zeros((5, 6, 5), np.uint8), pre, "image 2")
+    with pytest.raises(CliplabError, match=r"^image 3: an empty 6x0 image$"):
+        as_pixels(np.zeros((0, 6, 3), np.uint8), pre, "image 3")
+    with pytest.raises(CliplabError, match="an empty 0x4 image"):
+        pre(Image.new("RGB", (0, 4)))

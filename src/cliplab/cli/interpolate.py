@@ -11,12 +11,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("b", help="second checkpoint (alpha = 1)")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--output", required=True)
+    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
+                   help="for a bare state dict among the inputs, which cannot tell: quick_gelu (OpenAI's weights, "
+                        "the default) or gelu (open_clip's own models)")
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="allow full unpickling / TorchScript, e.g. OpenAI's .pt files (runs code from the file: "
+                        "only for trusted files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cliplab.api import load_model
     from cliplab.checkpoint import save_checkpoint
     from cliplab.cli.args import check_output
     from cliplab.errors import CliplabError
@@ -24,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, [args.a, args.b], args.overwrite)
     if not 0.0 <= args.alpha <= 1.0:
         raise CliplabError(f"--alpha must be in [0, 1], got {args.alpha}")
-    a, cfg_a, root = load_model(args.a)
-    b, cfg_b, root_b = load_model(args.b)
-    if cfg_a.model != cfg_b.model:
+    a, cfg_a, root = _load(args.a, args)
+    b, cfg_b, root_b = _load(args.b, args)
+    if _architecture(cfg_a.model) != _architecture(cfg_b.model):
         raise CliplabError(f"{args.a} and {args.b} have different architectures; cannot interpolate")
     if _tokenizer(cfg_a, root) != _tokenizer(cfg_b, root_b):  # the same ids must mean the same text
         raise CliplabError(f"{args.a} and {args.b} use different tokenizers; cannot interpolate")
@@ -37,6 +42,29 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(mixed, cfg_a, args.output, tokenizer_file=tok)
     print(f"wrote {args.output} (alpha={args.alpha})")
     return 0
+
+
+def _load(path: str, args: argparse.Namespace):
+    """A model, its config and side-file folder; ``--activation`` applies only to bare state dicts."""
+    from pathlib import Path
+
+    from cliplab.api import load_model
+    from cliplab.checkpoint import is_native
+    from cliplab.train.state import resolve_run_dir
+
+    p = Path(path)
+    native = is_native(p) or (p.is_dir() and resolve_run_dir(p) is not None)
+    return load_model(path, allow_unsafe=args.allow_unsafe_pickle, activation=None if native else args.activation)
+
+
+def _architecture(model_cfg):
+    """The parts of a model config that shape its weights and their meaning: not the initial temperature
+    (a training setting, recorded as 2.65926 by transformers and ln(1/0.07) by OpenAI), nor the initial bias
+    beyond whether there is one."""
+    import dataclasses
+
+    bias = None if model_cfg.init_logit_bias is None else 0.0
+    return dataclasses.replace(model_cfg, init_logit_scale=0.0, init_logit_bias=bias)
 
 
 def _tokenizer(cfg, root) -> tuple:

@@ -45,12 +45,19 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch's magic number, as pickled
+
+
 def read_pickle(path: Path, allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
     """A state dict from a PyTorch file: weights only, unless ``allow_unsafe``."""
     if _is_torchscript(path):
         if not allow_unsafe:
             raise CliplabError(f"{path}: a TorchScript archive (OpenAI's format); {UNSAFE_HINT}")
         return torch.jit.load(str(path), map_location="cpu").state_dict()
+    with open(path, "rb") as fh:
+        start = fh.read(32)
+    if start[:1] == b"\x80" and _LEGACY_MAGIC not in start:  # torch.save's legacy format pickles this first
+        raise CliplabError(f"{path}: not a PyTorch file (a plain Python pickle, not written by torch.save)")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or loading
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -83,6 +84,8 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
         raise CliplabError(f"config.json is not a CLIPModel config ({type(err).__name__}: {err})") from None
     model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
                         init_logit_scale=cfg.get("logit_scale_init_value", 2.6592))
+    if preprocessor is not None and not isinstance(preprocessor, dict):
+        raise CliplabError(f"preprocessor_config.json: expected a JSON object, got {type(preprocessor).__name__}")
     pre = _preprocess_from_hf(preprocessor, vision.image_size) if preprocessor else PreprocessConfig(vision.image_size)
     if text.vocab_size != OPENAI_VOCAB:
         warnings.warn(f"the text tower has a vocabulary of {text.vocab_size} tokens, not the {OPENAI_VOCAB} of "
@@ -108,6 +111,22 @@ def _side(value: Any, where: str) -> tuple[str, int, int]:
                        "height/width")
 
 
+def _number(value: Any, where: str, nonzero: bool = True) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or (nonzero and value == 0)):
+        raise CliplabError(f"preprocessor_config.json: {where} {value!r} is not a {'non-zero ' * nonzero}number")
+    return float(value)
+
+
+def _triple(value: Any, where: str) -> tuple[float, float, float]:
+    """A per-channel value: three numbers, or one for all channels (as ``CLIPImageProcessor`` accepts)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value] * 3
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise CliplabError(f"preprocessor_config.json: {where} {value!r} is neither one number nor three")
+    return tuple(_number(v, where, nonzero=where == "image_std") for v in value)
+
+
 def _preprocess_from_hf(pre: dict[str, Any], image_size: int) -> PreprocessConfig:
     """``CLIPImageProcessor`` settings as cliplab's preprocessing. Rescaling and normalisation flags fold into
     mean/std; a resize/crop pair cliplab cannot do (resize to one size, crop to another) is approximated by
@@ -129,10 +148,12 @@ def _preprocess_from_hf(pre: dict[str, Any], image_size: int) -> PreprocessConfi
         warnings.warn(f"preprocessor_config.json: resizes to {pre.get('size')} and crops to "
                       f"{pre.get('crop_size') if crop else 'nothing'}; cliplab resizes the shortest side to the "
                       f"model's {image_size} and centre-crops it", CliplabWarning, stacklevel=3)
-    scale = 1.0 if pre.get("do_rescale", True) else 255.0  # pixels kept in 0..255: mean and std scale with them
+    # HF normalises x * rescale_factor (x in 0..255); cliplab x / 255: the same with mean and std over 255 * factor
+    factor = _number(pre.get("rescale_factor", 1 / 255), "rescale_factor") if pre.get("do_rescale", True) else 1.0
+    scale = 1.0 if math.isclose(255 * factor, 1.0, rel_tol=1e-9) else 255 * factor
     if pre.get("do_normalize", True):
-        mean = tuple(float(m) / scale for m in pre.get("image_mean", OPENAI_MEAN))
-        std = tuple(float(s) / scale for s in pre.get("image_std", OPENAI_STD))
+        mean = tuple(m / scale for m in _triple(pre.get("image_mean", OPENAI_MEAN), "image_mean"))
+        std = tuple(s / scale for s in _triple(pre.get("image_std", OPENAI_STD), "image_std"))
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0 / scale,) * 3
     return PreprocessConfig(image_size=image_size, mean=mean, std=std,
@@ -258,7 +279,8 @@ def export_hf(model: torch.nn.Module, cfg: CLIPConfig, out_dir: str | os.PathLik
 
 def _write_hf_tokenizer(out: Path, context_length: int) -> None:
     """OpenAI's BPE as ``CLIPTokenizer`` files (vocab.json, merges.txt and their settings), so that
-    ``CLIPProcessor.from_pretrained`` on the folder tokenises as cliplab does."""
+    ``CLIPProcessor.from_pretrained`` on the folder loads; it gives cliplab's ids for plain text, but HF cleans
+    text its own way (no ftfy fix or HTML unescaping), so ids differ on HTML entities and ligatures."""
     from cliplab.fileio import write_text
     from cliplab.tokenizer import EOT, SOT, openai_vocab
 
@@ -275,9 +297,10 @@ def is_hf_dir(path: Path) -> bool:
     if not (path.is_dir() and (path / "config.json").exists()):
         return False
     try:
-        return "vision_config" in json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return False
+    return isinstance(data, dict) and "vision_config" in data
 
 
 def _hf_weights(path: Path, allow_unsafe: bool) -> dict[str, torch.Tensor]:

@@ -95,8 +95,16 @@ def _count(sd: dict[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
 
 
-def _heads(width: int, tower: str) -> int:
-    """OpenAI's rule, one head per 64 channels; narrower towers need their architecture given."""
+# open_clip's large vision towers whose heads are not 64 channels wide (its ViT-H, ViT-g and ViT-bigG
+# configs: head widths 80, 88 and 104), keyed by (width, layers); facts from open_clip's model configs.
+_OPEN_CLIP_VISION_HEADS = {(1280, 32): 16, (1408, 40): 16, (1664, 48): 16}
+
+
+def _heads(width: int, tower: str, layers: int = 0) -> int:
+    """OpenAI's rule, one head per 64 channels, except open_clip's large vision towers; narrower towers need
+    their architecture given."""
+    if tower == "vision tower" and (width, layers) in _OPEN_CLIP_VISION_HEADS:
+        return _OPEN_CLIP_VISION_HEADS[width, layers]
     if width < 64:
         raise CliplabError(f"cannot infer the attention heads of a {tower} of width {width} from tensor shapes "
                            "(OpenAI's rule is width / 64); give the architecture (--arch)")
@@ -112,14 +120,16 @@ def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu") ->
         text = TextTransformerConfig(
             context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
             width=tw, heads=_heads(tw, "text tower"), layers=_count(sd, r"^transformer\.resblocks\.(\d+)\."),
-            activation=activation)
+            mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / tw, activation=activation)
         if "visual.proj" in sd:
             width = sd["visual.conv1.weight"].shape[0]
             patch = sd["visual.conv1.weight"].shape[-1]
             grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            layers = _count(sd, r"^visual\.transformer\.resblocks\.(\d+)\.")
             vision = ViTConfig(image_size=patch * grid, patch_size=patch, width=width,
-                               heads=_heads(width, "vision tower"),
-                               layers=_count(sd, r"^visual\.transformer\.resblocks\.(\d+)\."), activation=activation)
+                               heads=_heads(width, "vision tower", layers), layers=layers,
+                               mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
+                               activation=activation)
         else:
             layers = tuple(_count(sd, rf"^visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4))
             width = sd["visual.layer1.0.conv1.weight"].shape[0]

@@ -160,3 +160,13 @@ def test_incomplete_folders_say_what_they_lack(tmp_path):
             load_model(tmp_path / name)
     with pytest.raises(CliplabError, match=r"cliplab weights without their config\.json"):
         load_model(tmp_path / "no_config" / "model.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"5", b"null", b'"a model"', '{"name": "caf\xe9"}'.encode("latin-1")])
+def test_malformed_config_beside_weights_is_one_line(tmp_path, capsys, content):
+    cfg, model = _vit()
+    ckpt = save_checkpoint(model, CLIPConfig.for_model(cfg), tmp_path / "ckpt")
+    (ckpt / "config.json").write_bytes(content)
+    assert main(["convert", str(ckpt), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err

@@ -130,6 +130,8 @@ _LEGACY = {"feature_extractor_type": "CLIPFeatureExtractor", "size": 32, "crop_s
     {},  # the older CLIPFeatureExtractor file: bare numbers for size and crop_size
     {"do_normalize": False},
     {"do_rescale": False},
+    {"rescale_factor": 1 / 127.5, "image_mean": [1, 1, 1], "image_std": 1.0},  # pixels to [-1, 1]; one std for all
+    {"do_rescale": False, "image_mean": 127.5, "image_std": [127.5, 60, 70]},
     {"size": {"height": 32, "width": 32}, "crop_size": {"height": 32, "width": 32}},  # resize exactly, crop nothing
     {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}, "resample": 2},
 ])
@@ -160,6 +162,26 @@ def test_hf_preprocessing_cliplab_cannot_do_is_said(tmp_path):
     (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({**_LEGACY, "size": {"w": 3}}))
     with pytest.raises(CliplabError, match="size"):
         load_foreign(tmp_path / "hf")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ([1, 2], "expected a JSON object, got list"),
+    ({"image_mean": [0.5, 0.5, "x"]}, "image_mean 'x' is not a number"),
+    ({"image_mean": [0.5, 0.5]}, "image_mean .* neither one number nor three"),
+    ({"image_std": [0.5, 0, 0.5]}, "image_std .* not a non-zero number"),
+    ({"rescale_factor": "1/255"}, "rescale_factor '1/255' is not a non-zero number"),
+])
+def test_bad_hf_preprocessor_values_are_one_line(tmp_path, capsys, content, message):
+    import json
+
+    arch = load_arch("ViT-Tiny-32px")
+    export_hf(create_model(arch), CLIPConfig.for_model(arch), tmp_path / "hf")
+    pre = content if isinstance(content, list) else {**_LEGACY, **content}
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(pre))
+    with pytest.raises(CliplabError, match=r"hf: preprocessor_config\.json: " + message):
+        load_foreign(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 @pytest.mark.parametrize("safe", [True, False])

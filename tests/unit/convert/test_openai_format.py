@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.helpers import torchscript_archive
 
 from cliplab.api import load_model
 from cliplab.config import load_arch
@@ -26,6 +27,39 @@ def test_names_and_shape_inference_on_openai_architectures(arch):
     back = from_openai(openai)
     assert set(back) == set(sd) and all(back[k].shape == sd[k].shape for k in sd)
     assert infer_config(openai) == cfg
+
+
+def test_mlp_width_and_open_clip_vision_heads_are_inferred(tmp_path):
+    import dataclasses
+
+    from cliplab.config import ModelConfig, TextTransformerConfig, ViTConfig
+
+    # MLP widths are read from the weights, so other ratios (open_clip's ViT-g, ViT-bigG) load without --arch
+    cfg = ModelConfig(embed_dim=64, vision=ViTConfig(image_size=32, patch_size=16, width=128, layers=1, heads=2,
+                                                     mlp_ratio=336 / 128, activation="quick_gelu"),
+                      text=TextTransformerConfig(width=128, heads=2, layers=1, mlp_ratio=200 / 128,
+                                                 activation="quick_gelu"))
+    torch.manual_seed(0)
+    model = create_model(cfg).eval()
+    torch.save(to_openai(model.state_dict()), tmp_path / "mlp.pt")
+    ours, got, _ = load_model(tmp_path / "mlp.pt")
+    assert got.model == cfg
+    with torch.no_grad():
+        assert torch.equal(ours.encode_image(torch.ones(1, 3, 32, 32)), model.encode_image(torch.ones(1, 3, 32, 32)))
+    # open_clip's ViT-H/14, ViT-g/14 and ViT-bigG/14 have 16 vision heads, not width / 64 (20, 22, 26)
+    for width, layers, ratio, text_width in ((1280, 32, 4.0, 1024), (1408, 40, 6144 / 1408, 1024),
+                                             (1664, 48, 8192 / 1664, 1280)):
+        big = ModelConfig(embed_dim=1024, vision=ViTConfig(patch_size=14, width=width, layers=layers, heads=16,
+                                                           mlp_ratio=ratio, activation="gelu"),
+                          text=TextTransformerConfig(width=text_width, heads=text_width // 64, layers=2,
+                                                     activation="gelu"))
+        with torch.device("meta"):
+            sd = to_openai(create_model(big).state_dict())
+        assert infer_config(sd, activation="gelu") == big
+    narrow = dataclasses.replace(cfg.vision, width=1280, heads=20)  # another tower of that width keeps the rule
+    with torch.device("meta"):
+        sd = to_openai(create_model(dataclasses.replace(cfg, vision=narrow)).state_dict())
+    assert infer_config(sd, activation="quick_gelu").vision.heads == 20
 
 
 def _small_openai_shaped(tmp_path):
@@ -93,27 +127,9 @@ def test_activation_of_a_bare_state_dict(tmp_path, capsys):
         load(tmp_path / "native2", activation="gelu")
 
 
-class _Holder(torch.nn.Module):
-    """Tensors under OpenAI's dotted names, as nested modules (what a released TorchScript archive holds)."""
-
-    def __init__(self, sd):
-        super().__init__()
-        for name, value in sd.items():
-            owner = self
-            *path, leaf = name.split(".")
-            for part in path:
-                if not hasattr(owner, part):
-                    owner.add_module(part, torch.nn.Module())
-                owner = getattr(owner, part)
-            owner.register_buffer(leaf, value.clone())
-
-    def forward(self, x):
-        return x
-
-
 def test_torchscript_archive_needs_the_opt_in(tmp_path):
     cfg, model = _small_openai_shaped(tmp_path)
-    archive = torch.jit.trace(_Holder(to_openai(model.state_dict())), torch.zeros(1))
+    archive = torchscript_archive(to_openai(model.state_dict()))
     archive.save(str(tmp_path / "ViT-small.pt"))
     with pytest.raises(CliplabError, match=r"ViT-small\.pt: a TorchScript archive.*allow-unsafe-pickle"):
         load_model(tmp_path / "ViT-small.pt")
@@ -139,9 +155,26 @@ def test_pickle_with_code_is_refused(tmp_path, writer):
             pickle.dump({"weight": _Evil()}, fh)
     if os.path.exists("/tmp/cliplab-pwned"):
         os.remove("/tmp/cliplab-pwned")
-    with pytest.raises(CliplabError, match=r"evil\.pt: refused to unpickle.*allow-unsafe-pickle") as info:
+    expected = (r"refused to unpickle.*allow-unsafe-pickle" if writer == "torch.save"
+                else r"not a PyTorch file \(a plain Python pickle")  # torch.load could not read it either
+    with pytest.raises(CliplabError, match=r"evil\.pt: " + expected) as info:
         load_model(path)
     assert "\n" not in str(info.value)
+    assert not os.path.exists("/tmp/cliplab-pwned")
+
+
+def test_plain_pickle_is_not_sent_to_the_unsafe_flag(tmp_path):
+    with open(tmp_path / "plain.pt", "wb") as fh:
+        pickle.dump({"visual.proj": [1, 2]}, fh)  # harmless, but no torch.save file: unsafe loading cannot help
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"weight": _Evil()}, fh)
+    if os.path.exists("/tmp/cliplab-pwned"):
+        os.remove("/tmp/cliplab-pwned")
+    for name in ("plain", "evil"):
+        for unsafe in (False, True):  # not unpickled even with the opt-in: torch.load could not read it anyway
+            with pytest.raises(CliplabError, match=rf"{name}\.pt: not a PyTorch file \(a plain Python pickle") as info:
+                load_model(tmp_path / f"{name}.pt", allow_unsafe=unsafe)
+            assert "allow-unsafe" not in str(info.value)
     assert not os.path.exists("/tmp/cliplab-pwned")
 
 
@@ -186,7 +219,7 @@ def test_verified_download_is_converted_once_to_safetensors(tmp_path, monkeypatc
     from cliplab import weights
 
     cfg, model = _small_openai_shaped(tmp_path)
-    archive = torch.jit.trace(_Holder({k: v.half() for k, v in to_openai(model.state_dict()).items()}), torch.zeros(1))
+    archive = torchscript_archive({k: v.half() for k, v in to_openai(model.state_dict()).items()})
     buf = io.BytesIO()
     torch.jit.save(archive, buf)
     data = buf.getvalue()

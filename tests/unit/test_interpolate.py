@@ -1,0 +1,55 @@
+"""``cliplab interpolate`` across checkpoint formats: the same architecture from OpenAI and HF files, and
+OpenAI's TorchScript releases behind the unsafe-pickle opt-in."""
+
+import json
+
+import pytest
+import torch
+
+from cliplab.api import load_model
+from cliplab.cli.main import main
+from cliplab.config import CLIPConfig, ModelConfig, TextTransformerConfig, ViTConfig
+from cliplab.convert.hf import export_hf
+from cliplab.convert.openai import to_openai
+from cliplab.model.build import create_model
+from tests.helpers import torchscript_archive
+
+pytest.importorskip("transformers")
+
+
+def _openai_shaped(seed: int) -> tuple[ModelConfig, torch.nn.Module]:
+    cfg = ModelConfig(embed_dim=64, vision=ViTConfig(image_size=32, patch_size=16, width=128, layers=1, heads=2,
+                                                     activation="quick_gelu"),
+                      text=TextTransformerConfig(width=128, heads=2, layers=1, activation="quick_gelu"))
+    torch.manual_seed(seed)
+    return cfg, create_model(cfg).eval()
+
+
+def test_openai_file_and_hf_folder_of_one_architecture(tmp_path, capsys):
+    cfg, a = _openai_shaped(0)
+    _, b = _openai_shaped(1)
+    torch.save(to_openai(a.state_dict()), tmp_path / "zero_shot.pt")
+    export_hf(b, CLIPConfig.for_model(cfg), tmp_path / "fine_tuned")
+    hf_cfg = json.loads((tmp_path / "fine_tuned" / "config.json").read_text())
+    hf_cfg["logit_scale_init_value"] = 2.6592  # what transformers writes; OpenAI's files imply ln(1 / 0.07)
+    (tmp_path / "fine_tuned" / "config.json").write_text(json.dumps(hf_cfg))
+    assert main(["interpolate", str(tmp_path / "zero_shot.pt"), str(tmp_path / "fine_tuned"), "--alpha", "0.25",
+                 "--output", str(tmp_path / "mix")]) == 0, capsys.readouterr().err
+    mix, _, _ = load_model(tmp_path / "mix")
+    sa, sb = a.state_dict(), b.state_dict()
+    for key, value in mix.state_dict().items():
+        torch.testing.assert_close(value, 0.75 * sa[key] + 0.25 * sb[key], rtol=0, atol=1e-6)
+
+
+def test_torchscript_release_needs_the_opt_in(tmp_path, capsys):
+    _, a = _openai_shaped(0)
+    _, b = _openai_shaped(1)
+    torchscript_archive(to_openai(a.state_dict())).save(str(tmp_path / "ViT-small.pt"))
+    torch.save(to_openai(b.state_dict()), tmp_path / "tuned.pt")
+    argv = ["interpolate", str(tmp_path / "ViT-small.pt"), str(tmp_path / "tuned.pt"), "--output", str(tmp_path / "m")]
+    assert main(argv) == 2
+    assert "--allow-unsafe-pickle" in capsys.readouterr().err
+    assert main([*argv, "--allow-unsafe-pickle", "--activation", "quick_gelu"]) == 0
+    mix, got, _ = load_model(tmp_path / "m")
+    assert got.model.vision.activation == "quick_gelu"
+    torch.testing.assert_close(mix.visual.proj.weight, (a.visual.proj.weight + b.visual.proj.weight) / 2)
