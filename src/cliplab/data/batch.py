@@ -32,6 +32,10 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, so the copy to a CUDA device overlaps compute (DataLoader ``pin_memory=True``)."""
+        return Batch(self.images.pin_memory(), self.texts.pin_memory(), self.bad, self.worker)
+
 
 def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor] | BadSample]) -> Batch:
     from torch.utils.data import get_worker_info

@@ -51,7 +51,7 @@ class TrainData:
 
 def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, *, rank: int = 0,
                      world_size: int = 1, seed: int = 0, start_step: int = 0, image_size: int = 32,
-                     position: dict[str, int] | None = None) -> TrainData:
+                     position: dict[str, int] | None = None, pin_memory: bool = False) -> TrainData:
     """``cfg`` is a :class:`cliplab.train.config.DataConfig`; one yielded batch per optimisation step.
 
     ``position`` is what :attr:`TrainData.position` returned when the resumed checkpoint was written
@@ -68,7 +68,7 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
                                            shape_only_share=cfg.synthetic_shape_only_share))
         ds = SyntheticDataset(world, transform, tokenizer, batch_size, seed=seed, rank=rank, start_batch=start_step)
         loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                            persistent_workers=False)
+                            persistent_workers=False, pin_memory=pin_memory)
         return TrainData(iter(loader), None)
     if not cfg.train_data:
         raise CliplabError(f"data.train_data is required for data.format={fmt!r} (--train-data)")
@@ -80,7 +80,7 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
                           resampled=cfg.resampled, seed=seed if exact else seed + start_step, rank=rank,
                           world_size=world_size)
         ds.batch_size = batch_size
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
         stream = _Epochs(loader, ds, **(position or {}))
         return TrainData(iter(stream), None, stream.position)
     dataset: Dataset
@@ -100,7 +100,8 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
                            f"({batch_size} x {world_size} processes)")
     dataset.seed = seed
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                        pin_memory=pin_memory)
     return TrainData(iter(loader), sampler.per_epoch,
                      left_out=len(dataset) - sampler.per_epoch * batch_size * world_size)
 

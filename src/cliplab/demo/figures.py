@@ -18,9 +18,10 @@ __all__ = ["plot_predictions", "plot_similarity"]
 def plot_similarity(model: Any, preprocess: Any, tokenizer: Any, scenes: list, path: str | os.PathLike[str]) -> None:
     """Cosine similarity of N images (rows) and their N captions (columns); the diagonal matches."""
     n = len(scenes)
-    img = model.encode_image(torch.stack([preprocess(im) for im, _ in scenes]), normalize=True)
-    txt = model.encode_text(tokenizer([c for _, c in scenes], truncate=True), normalize=True)
-    sim = (img @ txt.T).float().numpy()  # (N, N)
+    dev = next(model.parameters()).device
+    img = model.encode_image(torch.stack([preprocess(im) for im, _ in scenes]).to(dev), normalize=True)
+    txt = model.encode_text(tokenizer([c for _, c in scenes], truncate=True).to(dev), normalize=True)
+    sim = (img @ txt.T).float().cpu().numpy()  # (N, N)
     fig, ax = new_figure((1.1 * n + 3, 1.0 * n + 1.5), 1, 1)
     ax.imshow(sim, cmap="viridis", vmin=sim.min(), vmax=sim.max(), extent=(-0.5, n - 0.5, n - 0.5, -0.5))
     for i in range(n):
@@ -41,8 +42,9 @@ def plot_similarity(model: Any, preprocess: Any, tokenizer: Any, scenes: list, p
 def plot_predictions(model: Any, preprocess: Any, classifier: torch.Tensor, classnames: list[str],
                      items: list, path: str | os.PathLike[str], cols: int = 6) -> None:
     """A grid of images with their top-3 zero-shot labels and probabilities (true label in the title)."""
-    feats = model.encode_image(torch.stack([preprocess(im) for im, _ in items]), normalize=True)
-    probs = (model.scale() * feats @ classifier).softmax(dim=-1)  # (N, C)
+    dev = next(model.parameters()).device
+    feats = model.encode_image(torch.stack([preprocess(im) for im, _ in items]).to(dev), normalize=True)
+    probs = (model.scale() * feats.float() @ classifier.to(dev).float()).softmax(dim=-1).cpu()  # (N, C)
     rows = (len(items) + cols - 1) // cols
     fig, axes = new_figure((2.6 * cols, 3.1 * rows), rows, cols)
     for ax in np.atleast_1d(axes).ravel():

@@ -18,7 +18,7 @@ import torch
 from cliplab.checkpoint import save_checkpoint
 from cliplab.data.synthetic import EVAL_TEMPLATES, SyntheticWorld, WorldConfig, labelled_set, retrieval_set
 from cliplab.demo.figures import plot_predictions, plot_similarity
-from cliplab.demo.measure import evaluate_world, zero_shot_split
+from cliplab.demo.measure import evaluate_world, model_device, zero_shot_split
 from cliplab.errors import CliplabError
 from cliplab.eval.zeroshot import zero_shot_classifier
 from cliplab.fileio import write_json, write_text
@@ -91,7 +91,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     def zeroshot_hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
         model.eval()
         with torch.no_grad():
-            cls = zero_shot_classifier(model, tok, world.classnames(), ["a photo of a {}."])
+            cls = zero_shot_classifier(model, tok, world.classnames(), ["a photo of a {}."],
+                                       device=model_device(model))
             acc = zero_shot_split(model, pre, cls, held_small)["top1"]
         model.train()
         return {"zeroshot_top1": acc}
@@ -110,7 +111,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     history = result.history
     plot_curves(history, out / "curves.png")
     plot_similarity(model, pre, tok, retrieval_set(world, 8, seed=cfg.seed + 3), out / "similarity.png")
-    classifier = zero_shot_classifier(model, tok, world.classnames(), list(EVAL_TEMPLATES))
+    classifier = zero_shot_classifier(model, tok, world.classnames(), list(EVAL_TEMPLATES), device=model_device(model))
     plot_predictions(model, pre, classifier, world.classnames(), labelled_set(world, 2, "heldout", seed=5)[:18],
                      out / "predictions.png")
     save_checkpoint(model, result.clip_cfg, out / "checkpoint")

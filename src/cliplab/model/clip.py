@@ -61,6 +61,9 @@ class CLIP(nn.Module):
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
             raise CliplabError(f"encode_image: expected images of shape (N, 3, {s}, {s}), got {tuple(images.shape)} "
                                "(preprocess them with the model's own preprocess)")
+        stem = next((m.weight for m in self.visual.modules() if isinstance(m, nn.Conv2d)), None)
+        if stem is not None and images.is_floating_point() and images.dtype != stem.dtype:
+            images = images.to(stem.dtype)  # pixels in the first convolution's dtype (as OpenAI's casts to its own)
         compiled = self.__dict__.get("_compiled_visual")
         if compiled is not None and not torch.is_grad_enabled() and not self._compiled_weights_current():
             compiled = None

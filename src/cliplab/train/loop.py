@@ -62,6 +62,11 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
             raise CliplabError(f"device {device_pref!r}: training runs on cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CliplabError("--device cuda: CUDA is not available")
+        if device.type == "cuda" and world > 1:  # under torchrun each process trains on its local GPU
+            if device.index is not None and device.index != local:
+                raise CliplabError(f"--device {device_pref}: under torchrun process {local} of this node uses "
+                                   f"cuda:{local} (LOCAL_RANK); give --device cuda (or auto)")
+            device = torch.device("cuda", local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
@@ -234,7 +239,8 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
     transform = image_transform(clip_cfg.preprocess, train=cfg.data.augment)
     data = build_train_data(cfg.data, transform, tokenizer, cfg.batch_size * cfg.accum_steps, rank=rank,
                             world_size=world, seed=cfg.seed, start_step=drawn,
-                            image_size=clip_cfg.model.vision.image_size, position=at.data_position)
+                            image_size=clip_cfg.model.vision.image_size, position=at.data_position,
+                            pin_memory=device.type == "cuda")  # so the non-blocking copies below overlap compute
     by_epochs = cfg.steps is None and cfg.epochs is not None and not cfg.time_budget_minutes
     if data.left_out and main and progress and resume_from is None:
         print(f"note: an epoch is {data.steps_per_epoch} whole batch(es); {data.left_out} pair(s) fill no whole "

@@ -279,3 +279,17 @@ def test_shards_refuse_a_folder_and_an_input_without_pairs(tmp_path, capsys):
         expand_urls(str(tmp_path / "imgs"))
     assert main(["shards", "--input", str(tmp_path / "imgs"), "--output", str(tmp_path / "out")]) == 2
     assert "no usable image-caption pairs" in capsys.readouterr().err
+
+
+def test_a_pinned_batch_keeps_its_bookkeeping(monkeypatch):
+    """DataLoader(pin_memory=True), used when training on CUDA, pins a Batch through its own method."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from cliplab.data.batch import Batch
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t.shape) or t.clone())
+    batch = Batch(torch.zeros(2, 3, 4, 4), torch.ones(2, 5, dtype=torch.long), [BadSample("x.jpg", "bad")], worker=1)
+    out = pin_memory(batch)
+    assert isinstance(out, Batch) and out.worker == 1 and out.bad == batch.bad
+    assert pinned == [(2, 3, 4, 4), (2, 5)] and torch.equal(out.texts, batch.texts)

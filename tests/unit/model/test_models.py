@@ -137,3 +137,28 @@ def test_padding_trim_is_exact():
         alone = model.encode_text(texts)
         beside = model.encode_text(torch.cat([texts, full]))[:3]
     torch.testing.assert_close(alone, beside, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ViT-Tiny-32px", "RN-Tiny-64px"])
+def test_pixels_meet_a_cast_model_in_its_dtype(name):
+    """A model cast to another dtype (``model.half()`` on CUDA; float64 here) takes float32 pixels, as
+    OpenAI's casts them, through every image path."""
+    import numpy as np
+
+    from cliplab.eval.linear_probe import extract_features
+    from cliplab.eval.zeroshot import zero_shot_evaluate
+    from cliplab.infer.embed import embed_images
+
+    torch.manual_seed(0)
+    model = create_model(load_arch(name)).eval().double()
+    s = model.cfg.vision.image_size
+    images = torch.randn(3, 3, s, s)
+    with torch.no_grad():
+        want = model.encode_image(images.double())
+        assert torch.equal(model.encode_image(images), want)
+        feats, _ = extract_features(model, [(images, torch.tensor([0, 1, 0]))])
+        result = zero_shot_evaluate(model, torch.eye(model.cfg.embed_dim)[:, :2], [(images, torch.tensor([0, 1, 0]))])
+    assert result.n == 3
+    torch.testing.assert_close(feats, torch.nn.functional.normalize(want, dim=-1).float())
+    np.testing.assert_allclose(embed_images(list(images), model, preprocess=lambda x: x, normalize=False),
+                               want.float().numpy(), rtol=1e-6, atol=1e-6)
