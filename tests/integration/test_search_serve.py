@@ -100,12 +100,16 @@ def test_http_api(client):
     ("get", "/images/-1", {}, 404),
     ("get", "/images/..%2F..%2Fetc%2Fpasswd", {}, 404),
     ("get", "/../../etc/passwd", {}, 404),
+    ("post", "/search", {"files": {"image": ("x.png", _png(), "image/png")}, "data": {"k": "0"}}, 422),
+    ("post", "/search", {"files": {"image": ("x.png", _png(), "image/png")}, "data": {"k": "10000"}}, 422),
     ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 400),
     ("post", "/search", {"files": {"image": ("x.png", b"", "image/png")}}, 400),
     ("post", "/classify", {"files": {"image": ("x.png", _png(), "image/png")}, "data": {"labels": " , "}}, 422),
     ("post", "/classify", {"files": {"image": ("x.png", _png(), "image/png")},
                            "data": {"labels": ",".join(str(i) for i in range(500))}}, 422),
     ("post", "/embed", {"json": {"texts": "not a list"}}, 422),
+    ("post", "/embed", {"json": {"texts": ["a cat"] * 257}}, 422),  # ServeLimits.max_texts + 1
+    ("post", "/embed", {"json": {"texts": ["a" * 501]}}, 422),  # ServeLimits.max_query_chars + 1
     ("post", "/embed", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400),
     ("post", "/embed", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415),
     ("post", "/search", {"files": {"image": ("big.png", b"0" * 300_000, "image/png")}}, 413),
@@ -122,6 +126,20 @@ def test_bad_requests_get_json_4xx(client, method, url, kwargs, status):
     r = getattr(client, method)(url, **kwargs)
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"}
+
+
+def test_requests_at_the_limits_are_served(client):
+    """The limits themselves are allowed: k = max_k, max_texts texts, texts of max_query_chars characters."""
+    from cliplab.infer.server import ServeLimits
+
+    limits = ServeLimits()
+    assert (limits.max_k, limits.max_texts, limits.max_query_chars) == (100, 256, 500)  # the cases above
+    r = client.get("/search", params={"q": "x", "k": 100})
+    assert r.status_code == 200 and len(r.json()["results"]) == 40  # every item of the store
+    r = client.post("/search", files={"image": ("q.png", _png(), "image/png")}, data={"k": "100"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 40
+    r = client.post("/embed", json={"texts": ["a cat"] * 255 + ["a" * 500]})
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 256
 
 
 def test_thumbnails_of_transparent_and_palette_images(tmp_path, collection):

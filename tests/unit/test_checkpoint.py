@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from cliplab.checkpoint import (
     save_checkpoint,
 )
 from cliplab.config import CLIPConfig, load_arch, to_dict
+from cliplab.fileio import write_json
 from cliplab.model.build import create_model
 
 
@@ -116,3 +118,43 @@ def test_checkpoint_files_get_the_usual_mode(tmp_path):
         os.umask(old)
     for f in (tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "config.json", tmp_path / "one.safetensors"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_write_json_replaces_the_file_instead_of_rewriting_it(tmp_path):
+    """The new content goes to a new inode renamed into place: a hard link to the old file keeps the old data
+    (a reader holding the old file, or a crash mid-write, never sees a torn one)."""
+    path, old = tmp_path / "state.json", tmp_path / "old.json"
+    write_json(path, {"v": 1})
+    os.link(path, old)
+    write_json(path, {"v": 2})
+    assert json.loads(old.read_text()) == {"v": 1}
+    assert json.loads(path.read_text()) == {"v": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json", "state.json"]
+
+
+def test_write_json_fsyncs_the_temporary_file_before_the_rename(tmp_path, monkeypatch):
+    """Renaming an unsynced file can leave an empty one after a power cut: the data is fsynced first."""
+    import cliplab.fileio as fileio
+
+    events = []
+    real_fsync, real_replace = fileio.os.fsync, fileio.os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))  # the file's resolved path
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    folder = tmp_path.resolve()
+    path = folder / "state.json"
+    write_json(path, {"v": 1})
+    renames = [e for e in events if e[0] == "replace"]
+    assert len(renames) == 1 and renames[0][2] == str(path)
+    tmp = renames[0][1]
+    assert os.path.dirname(tmp) == str(folder)
+    assert ("fsync", tmp) in events[: events.index(renames[0])]
+    assert ("fsync", str(folder)) in events[events.index(renames[0]) :]  # the rename itself made durable

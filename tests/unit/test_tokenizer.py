@@ -123,6 +123,15 @@ def test_too_long_errors_or_truncates(tok):
         tok([text], context_length=1, truncate=True)
 
 
+def test_too_long_boundary(tok):
+    """77 positions hold 75 tokens between start and end of text; 76 tokens are one too many."""
+    assert len(tok.encode("a " * 76)) == 76
+    with pytest.raises(TokenizerError, match="has 78 tokens, more than the context length 77"):
+        tok(["a " * 76])
+    row = tok(["a " * 75])[0]
+    assert row[-1] == 49407 and row[-2] != 49407 and row[0] == 49406
+
+
 def test_empty_list_is_an_error(tok):
     with pytest.raises(TokenizerError, match="empty"):
         tok([])

@@ -41,6 +41,19 @@ def test_noisy_labels_make_the_probe_imperfect_but_above_chance():
     assert 0.5 < res.accuracy < 1.0
 
 
+def test_final_probe_is_refit_with_the_chosen_c_on_the_whole_training_set():
+    """The reported accuracy is that of LogisticRegression(C=chosen) fit on all training samples, not on the
+    search's train split, nor with the fallback C."""
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, ytr = blobs(40, spread=2.5, seed=2)
+    xte, yte = blobs(40, spread=2.5, seed=3)
+    res = linear_probe(xtr, ytr, xte, yte, c_grid=[1e-4, 1e-2, 1.0])
+    assert res.c != 1.0  # the default fallback_c: the check below also tells the two apart
+    clf = LogisticRegression(C=res.c, max_iter=1000, solver="lbfgs").fit(xtr.astype(np.float64), ytr)
+    assert res.accuracy == clf.score(xte.astype(np.float64), yte)
+
+
 def test_coarse_to_fine_search_finds_the_peak_to_an_eighth_of_a_decade():
     calls = []
 

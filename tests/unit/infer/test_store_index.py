@@ -93,6 +93,49 @@ def test_search_breadth_is_tuned_to_the_target_recall(kind, name, arg, start):
     assert build_index(x, kind, **extra, target_recall=0.2).info[name] == start
 
 
+def _loose_clusters(n, d, spread, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, d))
+    return (centres[rng.integers(0, 50, n)] + spread * rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind,d,spread,extra", [("ivf", 32, 1.0, {}), ("hnsw", 64, 2.0, {"hnsw_m": 8})])
+def test_tuned_recall_holds_for_other_queries(kind, d, spread, extra):
+    """The recall the tuner reports is what other queries ~45° off stored vectors get (brute force as truth):
+    tuning on queries that sit on stored vectors would stop at a breadth too small for real ones."""
+    x = _loose_clusters(3000, d, spread)
+    idx = build_index(x, kind, target_recall=0.95, **extra)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rng = np.random.default_rng(1)
+    q = unit[rng.choice(len(x), 300, replace=False)] + rng.normal(0, 1 / np.sqrt(d), (300, d))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    truth = np.argsort(-(q @ unit.T), axis=1)[:, :10]
+    _, got = idx.search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
+    assert recall >= 0.95 - 0.015
+    assert abs(recall - idx.info["recall_at_10"]) <= 0.03
+
+
+def test_ivf_rows_that_come_up_short_are_filled_by_exact_search():
+    """nprobe=1 of 64 lists (~47 vectors each) cannot give 100 results: the rows are searched exactly."""
+    x = np.random.default_rng(1).normal(size=(3000, 32)).astype(np.float32)
+    idx = build_index(x, "ivf", nlist=64, nprobe=1)
+    q = np.random.default_rng(5).normal(size=(5, 32)).astype(np.float32)
+    scores, ids = idx.search(q, 100)
+    assert ids.shape == (5, 100) and (ids >= 0).all()
+    assert [len(set(row)) for row in ids] == [100] * 5
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    truth = np.argsort(-(q @ unit.T), axis=1)[:, :100]
+    assert [set(a) for a in ids] == [set(b) for b in truth]
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_target_recall_one_probes_every_list():
+    x = np.random.default_rng(1).normal(size=(3000, 32)).astype(np.float32)
+    idx = build_index(x, "ivf", nlist=64, target_recall=1.0)
+    assert idx.info["nprobe"] == idx.index.nprobe == 64 and idx.info["recall_at_10"] == 1.0
+
+
 def test_saved_index_keeps_its_tuned_breadth(tmp_path):
     idx = build_index(_unit(3000, d=32, seed=1), "ivf", nprobe=3)
     idx.save(tmp_path)

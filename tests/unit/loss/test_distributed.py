@@ -19,6 +19,8 @@ from .test_losses import _inputs, naive_clip, naive_siglip
 
 N_PER_RANK, WORLD = 6, 2
 CONFIGS = list(itertools.product(["clip", "siglip"], [True, False], [None, 4]))  # loss, local_loss, chunk_size
+# the CLIP loss given a logit bias it ignores: (local_loss, chunk_size)
+CLIP_BIAS_CONFIGS = list(itertools.product([True, False], [None, 4]))
 
 
 def _free_port() -> int:
@@ -27,17 +29,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(rank, loss, local_loss, chunk):
+def _run(rank, loss, local_loss, chunk, clip_bias=False):
     img, txt, scale, bias = _inputs(N_PER_RANK * WORLD, seed=3)
     rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
     my_img = img.detach()[rows].clone().requires_grad_()
     my_txt = txt.detach()[rows].clone().requires_grad_()
-    value = distributed_clip_loss(my_img, my_txt, scale, bias if loss == "siglip" else None,
+    value = distributed_clip_loss(my_img, my_txt, scale, bias if loss == "siglip" or clip_bias else None,
                                   local_loss=local_loss, chunk_size=chunk, loss=loss)
     value.backward()
     # what DDP does: average parameter gradients over ranks (the temperature and bias here, and every parameter
     # upstream of the embeddings, whose gradients are linear in the embedding gradients)
-    out = {"img": my_img.grad / WORLD, "txt": my_txt.grad / WORLD}
+    out = {"img": my_img.grad / WORLD, "txt": my_txt.grad / WORLD,
+           "rank_bias_grad": None if bias.grad is None else bias.grad.clone()}
     for name, t in (("scale", scale), ("bias", bias)):
         grad = torch.zeros_like(t) if t.grad is None else t.grad.clone()
         dist.all_reduce(grad)
@@ -54,6 +57,7 @@ def _worker(rank, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
     results = {cfg: _run(rank, *cfg) for cfg in CONFIGS}
+    results.update({("clip-bias", *cfg): _run(rank, "clip", *cfg, clip_bias=True) for cfg in CLIP_BIAS_CONFIGS})
     img = torch.full((N_PER_RANK, 3), float(rank))
     all_img, all_txt = gather_features(img, img + 10)
     results["gathered"] = {"img": all_img, "txt": all_txt}
@@ -94,3 +98,21 @@ def test_two_processes_equal_single_process(parts, loss, local_loss, chunk):
     torch.testing.assert_close(torch.cat([g["txt"] for g in got]), grads[1], **tol)
     if local_loss:  # each rank really computed a different (local) part of the loss
         assert not torch.allclose(got[0]["rank_loss"], got[1]["rank_loss"])
+
+
+@pytest.mark.parametrize("local_loss,chunk", CLIP_BIAS_CONFIGS)
+def test_clip_loss_gives_its_ignored_bias_a_zero_gradient(parts, local_loss, chunk):
+    """A logit bias is a constant shift for the CLIP loss: every rank gets a gradient (so DDP can reduce it),
+    and it is zero; the loss and the other gradients are those without a bias."""
+    img, txt, scale, _ = _inputs(N_PER_RANK * WORLD, seed=3)
+    ref = naive_clip(img, txt, scale)
+    grads = torch.autograd.grad(ref, [img, txt, scale])
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    got = [p[("clip-bias", local_loss, chunk)] for p in parts]
+    for g in got:
+        assert g["rank_bias_grad"] is not None
+        torch.testing.assert_close(g["rank_bias_grad"], torch.zeros(()), rtol=0, atol=0 if chunk else 1e-6)
+        torch.testing.assert_close(g["loss"], ref.detach(), **tol)
+        torch.testing.assert_close(g["scale"], grads[2], **tol)
+    torch.testing.assert_close(torch.cat([g["img"] for g in got]), grads[0], **tol)
+    torch.testing.assert_close(torch.cat([g["txt"] for g in got]), grads[1], **tol)

@@ -126,6 +126,25 @@ def test_far_apart_case_needs_the_exact_fallback(monkeypatch):
     assert any(not torch.allclose(x, y, rtol=1e-5, atol=1e-5) for x, y in zip(ours, ref, strict=True))
 
 
+def _one_direction(n=48, d=8, captions=4):
+    """Images all near +e, a few captions orthogonal to e, the others near e (temperature 100): the orthogonal
+    captions' columns sit ~100 nats below their tiles' top, where one shared exp leaves only subnormals."""
+    g = torch.Generator().manual_seed(1)
+    e = F.normalize(torch.randn(d, generator=g), dim=0)
+    img = F.normalize(e + 0.01 * torch.randn(n, d, generator=g), dim=-1)
+    caps = torch.randn(captions, d, generator=g)
+    caps = F.normalize(caps - (caps @ e)[:, None] * e, dim=-1)
+    txt = torch.cat([caps, F.normalize(e + 0.01 * torch.randn(n - captions, d, generator=g), dim=-1)])
+    return [img.requires_grad_(), txt.requires_grad_(), torch.tensor(100.0, requires_grad=True)]
+
+
+def test_chunked_clip_far_off_columns_use_the_exact_forward_fallback():
+    """Columns ~100 nats below every tile's top need the exact column log-sum-exp of the forward pass."""
+    args = _one_direction()
+    _close(_value_and_grads(lambda *a: chunked_clip_loss(*a, chunk_size=8), args),
+           _value_and_grads(naive_clip, args))
+
+
 def test_chunked_clip_all_exact_fallback_matches(monkeypatch):
     """With every row and column sent down the exact path, the result is still the naive one."""
     monkeypatch.setattr(chunked_module, "_SPREAD", -1.0)

@@ -1,5 +1,6 @@
 """Gradient caching: K micro-batches give exactly the gradient of one batch of K× the size."""
 
+import contextlib
 import math
 
 import pytest
@@ -149,16 +150,32 @@ def test_real_model_equals_full_batch():
 
 
 class _Wrapper(nn.Module):
-    """Stands in for DDP: the model sits in ``.module`` and only ``forward`` is the wrapper's."""
+    """Stands in for DDP: the model sits in ``.module`` and only ``forward`` is the wrapper's; ``no_sync`` counts
+    its entries, and each backward through a forward records whether it ran inside ``no_sync``."""
 
     def __init__(self, model):
         super().__init__()
         self.module = model
         self.calls = 0
+        self.no_sync_entries = 0
+        self.in_no_sync = False
+        self.backward_in_no_sync = []  # one flag per backward that reached a forward's image embeddings
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.no_sync_entries += 1
+        self.in_no_sync = True
+        try:
+            yield
+        finally:
+            self.in_no_sync = False
 
     def forward(self, images, texts):
         self.calls += 1
-        return self.module.encode_image(images, normalize=True), self.module.encode_text(texts, normalize=True)
+        img = self.module.encode_image(images, normalize=True)
+        if img.requires_grad:
+            img.register_hook(lambda g: self.backward_in_no_sync.append(self.in_no_sync))
+        return img, self.module.encode_text(texts, normalize=True)
 
 
 def test_wrapped_model_uses_embed_and_reads_temperature_from_module():
@@ -173,6 +190,18 @@ def test_wrapped_model_uses_embed_and_reads_temperature_from_module():
     assert wrapper.calls == 4  # two micro-batches, embedded twice each
     for name, p in model.named_parameters():
         _assert_rel(p.grad, ref[name], name)
+
+
+def test_wrapped_model_synchronises_only_the_last_backward():
+    """Under DDP every micro-batch's backward but the last runs in ``no_sync()``: the last one all-reduces."""
+    torch.manual_seed(0)
+    model = ToyCLIP()
+    images, texts = _batch(9)
+    micro = _split(images, texts, [3, 3, 3])
+    wrapper = _Wrapper(model)
+    cached_accumulation_step(wrapper, micro, clip_loss, embed=wrapper)
+    assert wrapper.no_sync_entries == len(micro) - 1
+    assert wrapper.backward_in_no_sync == [True] * (len(micro) - 1) + [False]
 
 
 def test_batch_norm_statistics_are_updated_once_per_micro_batch():
