@@ -38,7 +38,7 @@ class DemoConfig:
     minutes: float = 9.0  # training budget; evaluation and figures add about 15 s (the issue allows 10 min)
     model: str = "ViT-Tiny-32px-CBOW"
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 4e-3  # see README: at 900 fp32 steps, held-out top-1 ~90 % against 76–82 % with 2e-3
     steps: int = 100_000  # upper bound; the time budget decides
     workers: int = 1
     seed: int = 0
