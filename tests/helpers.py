@@ -1,6 +1,7 @@
 """Helpers shared by the unit and integration tiers."""
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -38,3 +39,21 @@ class _Holder(torch.nn.Module):
 def torchscript_archive(sd: dict[str, torch.Tensor]) -> torch.jit.ScriptModule:
     """A TorchScript module holding ``sd`` (OpenAI's names), to ``.save`` like OpenAI's ``.pt`` releases."""
     return torch.jit.trace(_Holder(sd), torch.zeros(1))
+
+
+def spy_fsync_and_replace(monkeypatch) -> list[tuple[str, ...]]:
+    """Record ``("fsync", path)`` and ``("replace", src, dst)`` (resolved paths) in call order; both still run."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events

@@ -15,6 +15,7 @@ from cliplab.checkpoint import (
 from cliplab.config import CLIPConfig, load_arch, to_dict
 from cliplab.fileio import write_json
 from cliplab.model.build import create_model
+from tests.helpers import spy_fsync_and_replace
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +135,7 @@ def test_write_json_replaces_the_file_instead_of_rewriting_it(tmp_path):
 
 def test_write_json_fsyncs_the_temporary_file_before_the_rename(tmp_path, monkeypatch):
     """Renaming an unsynced file can leave an empty one after a power cut: the data is fsynced first."""
-    import cliplab.fileio as fileio
-
-    events = []
-    real_fsync, real_replace = fileio.os.fsync, fileio.os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))  # the file's resolved path
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
-    monkeypatch.setattr(fileio.os, "replace", replace)
+    events = spy_fsync_and_replace(monkeypatch)
     folder = tmp_path.resolve()
     path = folder / "state.json"
     write_json(path, {"v": 1})

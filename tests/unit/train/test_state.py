@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.helpers import spy_fsync_and_replace
 
 from cliplab.checkpoint import load_checkpoint
 from cliplab.config import CLIPConfig, load_arch
@@ -57,19 +58,7 @@ def test_latest_moves_only_after_the_checkpoint_is_in_place(tmp_path, tiny, monk
 
 def test_every_file_is_fsynced_before_the_folder_is_renamed(tmp_path, tiny, monkeypatch):
     """Each file of the temporary step folder, at its final name there, is fsynced before the rename."""
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))  # the file's resolved path
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(state_module.os, "fsync", fsync)
-    monkeypatch.setattr(state_module.os, "replace", replace)
+    events = spy_fsync_and_replace(monkeypatch)
     final = _save(tmp_path.resolve() / "run", 1, tiny)
     monkeypatch.undo()
     renames = [i for i, e in enumerate(events) if e[0] == "replace" and Path(e[1]).name == ".tmp-step-00000001"]
