@@ -196,10 +196,8 @@ def classify(
     if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
         templates = [templates]
     param = next(model.parameters())
-    # the pixels meet the image tower's first convolution: its weight's dtype (bf16 / fp16 in a cast model)
-    stem = next((m.weight for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d)), param)
     pixels = torch.stack([as_pixels(im, preprocess, f"classify: image {i}")  # (N, 3, S, S)
-                          for i, im in enumerate(images)]).to(device=param.device, dtype=stem.dtype)
+                          for i, im in enumerate(images)]).to(param.device)  # encode_image casts to its dtype
     was_training = model.training
     model.eval()  # BatchNorm on running statistics, no dropout: an image's scores do not depend on its batch
     try:

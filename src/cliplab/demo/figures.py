@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cliplab.demo.measure import model_device
 from cliplab.plotting import new_figure, save_figure
 
 __all__ = ["plot_predictions", "plot_similarity"]
@@ -18,7 +19,7 @@ __all__ = ["plot_predictions", "plot_similarity"]
 def plot_similarity(model: Any, preprocess: Any, tokenizer: Any, scenes: list, path: str | os.PathLike[str]) -> None:
     """Cosine similarity of N images (rows) and their N captions (columns); the diagonal matches."""
     n = len(scenes)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     img = model.encode_image(torch.stack([preprocess(im) for im, _ in scenes]).to(dev), normalize=True)
     txt = model.encode_text(tokenizer([c for _, c in scenes], truncate=True).to(dev), normalize=True)
     sim = (img @ txt.T).float().cpu().numpy()  # (N, N)
@@ -42,7 +43,7 @@ def plot_similarity(model: Any, preprocess: Any, tokenizer: Any, scenes: list, p
 def plot_predictions(model: Any, preprocess: Any, classifier: torch.Tensor, classnames: list[str],
                      items: list, path: str | os.PathLike[str], cols: int = 6) -> None:
     """A grid of images with their top-3 zero-shot labels and probabilities (true label in the title)."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     feats = model.encode_image(torch.stack([preprocess(im) for im, _ in items]).to(dev), normalize=True)
     probs = (model.scale() * feats.float() @ classifier.to(dev).float()).softmax(dim=-1).cpu()  # (N, C)
     rows = (len(items) + cols - 1) // cols
