@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accum-steps", type=int, help="micro-batches per step; all negatives kept (GradCache)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int)
-    p.add_argument("--time-budget-minutes", type=float, help="shrink --steps to fit this wall-clock budget")
+    p.add_argument("--time-budget-minutes", type=float,
+                   help="shrink --steps to fit this wall-clock budget (re-planned from the measured speed)")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--output", help="run folder")

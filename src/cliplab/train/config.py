@@ -103,7 +103,7 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches per step, all negatives kept (gradient caching)
     steps: int | None = None
     epochs: int | None = None
-    time_budget_minutes: float | None = None  # shrink `steps` to fit, measured after warm-up
+    time_budget_minutes: float | None = None  # shrink `steps` to fit; re-planned from the measured speed
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
     loss: str = "clip"  # clip | siglip
     loss_chunk_size: int | None = None  # tiled O(N)-memory loss

@@ -24,6 +24,7 @@ from cliplab.config import CLIPConfig, ModelConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import autocast
+from cliplab.train.budget import TimeBudget
 from cliplab.train.config import TrainConfig, to_dict
 from cliplab.train.guard import die_with_launcher, lock_run
 from cliplab.train.optim import build_optimizer, lr_at
@@ -280,6 +281,8 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
         print(f"training {clip_cfg.name or 'model'} for {total} steps, global batch {global_batch} "
               f"({world} process{'es' if world > 1 else ''} x {cfg.batch_size} x {cfg.accum_steps} accum), "
               f"{cfg.precision} on {device}", flush=True)
+    budget = None if not cfg.time_budget_minutes else TimeBudget(
+        60 * cfg.time_budget_minutes, start, cap=total, probe=min(20, max(1, total // 10)))
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
     step = start
@@ -327,17 +330,12 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
             step += 1
             samples_seen += images.shape[0] * world
             elapsed = time.perf_counter() - t0
-            if cfg.time_budget_minutes and step == start + min(20, max(1, total // 10)):
-                fit = start + int((cfg.time_budget_minutes * 60) / (elapsed / (step - start)))
-                if fit < total:
-                    total = max(step + 1, fit)
-                    bar.total = total
-            if cfg.time_budget_minutes and elapsed > 1.15 * 60 * cfg.time_budget_minutes and step < total:
-                total = step + 1  # the machine got slower than measured: finish now, keep the budget
-            if cfg.time_budget_minutes and world > 1:  # rank 0's clock decides for every rank
-                t = torch.tensor([total], device=device)
-                dist.broadcast(t, 0)
-                total = bar.total = int(t)
+            if budget is not None:
+                total = bar.total = budget.plan(step, elapsed, total)
+                if world > 1:  # rank 0's clock decides for every rank
+                    t = torch.tensor([total], device=device)
+                    dist.broadcast(t, 0)
+                    total = bar.total = int(t)
             scale = float(unwrap(model).scale().detach())
             if step % cfg.log_every == 0 or step == total:
                 log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
