@@ -159,7 +159,7 @@ def model_io(model: CLIP) -> tuple[Any, Any]:
 
 @torch.no_grad()
 def classify(
-    images: Sequence[Any],
+    images: Any,
     labels: Sequence[str],
     model: CLIP,
     preprocess: Any = None,
@@ -170,7 +170,7 @@ def classify(
     """Zero-shot classification: for each image, ``[{"label", "score"}, ...]`` sorted by probability.
 
     ``images`` are PIL images, file paths, uint8 arrays, preprocessed tensors (3, S, S) or one tensor
-    (N, 3, S, S); ``templates`` is one template,
+    (N, 3, S, S); a single image of any of these kinds is one row of results. ``templates`` is one template,
     a list (ensembled), or a built-in template-set name such as ``"openai-imagenet"``. Without
     ``preprocess`` or ``tokenizer``, those of the checkpoint the model was loaded from are used (for a model
     made with ``create_model``: OpenAI's statistics and tokenizer). The model runs in eval mode (its mode is
@@ -187,10 +187,10 @@ def classify(
         raise CliplabError(f"classify: top_k must be at least 1, got {top_k}")
     own_preprocess, own_tokenizer = model_io(model)
     preprocess, tokenizer = preprocess or own_preprocess, tokenizer or own_tokenizer
-    if torch.is_tensor(images):
-        if images.dim() != 4:
-            raise CliplabError(f"classify: a tensor of images must be (N, 3, S, S), got {tuple(images.shape)}")
-        images = list(images)
+    if len(set(labels)) < len(labels):
+        twice = next(label for i, label in enumerate(labels) if label in labels[:i])
+        raise CliplabError(f"classify: label {twice!r} is given more than once (its probability would be split)")
+    images = _image_list(images)
     if len(images) == 0:
         return []
     if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
@@ -212,3 +212,20 @@ def classify(
         [{"label": labels[j], "score": float(s)} for s, j in zip(row_s.tolist(), row_i.tolist(), strict=True)]
         for row_s, row_i in zip(scores, idx, strict=True)
     ]
+
+
+def _image_list(images: Any) -> list[Any]:
+    """``classify``'s images as a list: one image (PIL, path, array, (3, S, S) tensor) becomes a list of one."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(images, str | os.PathLike | Image.Image):
+        return [images]
+    if torch.is_tensor(images) or isinstance(images, np.ndarray):
+        kind = "tensor" if torch.is_tensor(images) else "array"
+        n_dims = {"tensor": (3, 4), "array": (2, 3, 4)}[kind]
+        if images.ndim not in n_dims:
+            raise CliplabError(f"classify: a {kind} of images must have {' or '.join(map(str, n_dims))} dimensions, "
+                               f"got shape {tuple(images.shape)}")
+        return list(images) if images.ndim == 4 else [images]
+    return list(images)

@@ -65,9 +65,10 @@ class CLIP(nn.Module):
         if stem is not None and images.is_floating_point() and images.dtype != stem.dtype:
             images = images.to(stem.dtype)  # pixels in the first convolution's dtype (as OpenAI's casts to its own)
         compiled = self.__dict__.get("_compiled_visual")
-        if compiled is not None and not torch.is_grad_enabled() and not self._compiled_weights_current():
+        if compiled is not None and (torch.is_grad_enabled() or self.visual.training  # BatchNorm: batch statistics
+                                     or not self._compiled_weights_current()):
             compiled = None
-        x = compiled(images) if compiled is not None and not torch.is_grad_enabled() else self.visual(images)
+        x = compiled(images) if compiled is not None else self.visual(images)
         return F.normalize(x, dim=-1) if normalize else x
 
     def _compiled_weights_current(self) -> bool:
@@ -75,7 +76,7 @@ class CLIP(nn.Module):
         :meth:`compile_for_inference` froze them into the graph."""
         from cliplab.model.cpu_inference import _unchanged
 
-        if _unchanged(self.__dict__["_compiled_stamp"], list(self.visual.parameters())):
+        if _unchanged(self.__dict__["_compiled_stamp"], _frozen_tensors(self.visual)):
             return True
         import warnings
 
@@ -83,18 +84,20 @@ class CLIP(nn.Module):
 
         for key in ("_compiled_visual", "_compiled_stamp"):
             self.__dict__.pop(key, None)
-        warnings.warn("the image tower's weights changed after compile_for_inference(): running it eagerly; "
+        warnings.warn("the image tower's weights or buffers changed after compile_for_inference(): running it eagerly; "
                       "call compile_for_inference() again to compile the new weights", CliplabWarning, stacklevel=3)
         return False
 
     def compile_for_inference(self) -> CLIP:
         """Compile the image tower with ``torch.compile`` for inference (inductor, weights frozen into the graph
         as constants), used by :meth:`encode_image` whenever autograd is off. The first call per image size
-        compiles (20-35 s for ViT-B/32 on 2 CPU cores); after that it ran 1.03-1.08x the eager tower. A batch
+        compiles (20-35 s for ViT-B/32 on 2 CPU cores); after that it ran 1.03-1.08x the eager tower. It is used
+        in eval mode only (in train mode BatchNorm normalises with the batch's own statistics). A batch
         smaller than the largest seen so far is zero-padded up to it instead of compiled anew. The text
         tower stays eager: it drops padding per batch, which a compiled graph cannot. Weights are read when a
         shape is compiled: a change to them afterwards is detected (as for the bf16 weight cache), and the
-        tower then runs eagerly, with a warning, until this is called again."""
+        tower then runs eagerly, with a warning, until this is called again. So is a change to its buffers
+        (BatchNorm running statistics), which freezing bakes in too."""
         import torch._inductor.config as inductor_config
 
         from cliplab.model.cpu_inference import _stamp
@@ -105,7 +108,7 @@ class CLIP(nn.Module):
         def run(images: torch.Tensor) -> torch.Tensor:
             n = images.shape[0]
             largest[0] = max(largest[0], n)
-            if n < largest[0]:  # images never interact in the tower, so zero padding leaves the real rows alone
+            if n < largest[0]:  # in eval mode images never interact, so zero padding leaves the real rows alone
                 images = torch.cat([images, images.new_zeros(largest[0] - n, *images.shape[1:])])  # (B, 3, S, S)
             # Freezing (weights as constants, pre-packed for the matmul library) is read when a shape compiles;
             # torch.compile's `options` does not pass it on, so patch the config around each call.
@@ -113,7 +116,7 @@ class CLIP(nn.Module):
                 return compiled(images)[:n]  # (n, D)
 
         self.__dict__["_compiled_visual"] = run  # in __dict__, not a submodule: the state dict stays as it is
-        self.__dict__["_compiled_stamp"] = _stamp(list(self.visual.parameters()))
+        self.__dict__["_compiled_stamp"] = _stamp(_frozen_tensors(self.visual))
         return self
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -170,3 +173,8 @@ class CLIP(nn.Module):
         for tower in getattr(self, "locked", ()):
             {"image": self.visual, "text": self.text}[tower].eval()
         return self
+
+
+def _frozen_tensors(tower: nn.Module) -> list[torch.Tensor]:
+    """What inductor's freezing bakes into a compiled tower: its parameters and its buffers."""
+    return [*tower.parameters(), *tower.buffers()]

@@ -7,6 +7,10 @@ downsampling shortcut); and attention pooling, whose query is the mean of the fi
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,7 +118,29 @@ class ModifiedResNet(nn.Module):
         x = self.stem_pool(x)  # (B, w, S/4, S/4)
         for stage in self.stages:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False,
+                                                      context_fn=functools.partial(_recompute_quietly, stage))
             else:
                 x = stage(x)
         return self.attnpool(x)  # (B, D)
+
+
+def _recompute_quietly(stage: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """Checkpoint contexts (forward, recomputation): the recomputation in backward leaves BatchNorm's running
+    statistics alone, so a checkpointed step updates them once, as an ordinary step does."""
+    return contextlib.nullcontext(), _no_running_stats(stage)
+
+
+@contextlib.contextmanager
+def _no_running_stats(stage: nn.Module) -> Iterator[None]:
+    # the recomputation must save the same tensors as the forward did, so it runs BatchNorm unchanged and
+    # puts the running statistics (and batch counts) back afterwards
+    norms = [m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [[b.clone() for b in m.buffers()] for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, old in zip(norms, kept, strict=True):
+                for b, value in zip(m.buffers(), old, strict=True):
+                    b.copy_(value)

@@ -53,6 +53,12 @@ def test_classify_inputs_and_one_line_mistakes(tmp_path):
     assert same(cliplab.classify(batch, ["red", "blue"], model), ref * 2)  # one (N, 3, S, S) tensor
     assert same(cliplab.classify([str(tmp_path / "a.png")], ["red", "blue"], model), ref)  # a file path
     assert same(cliplab.classify([np.asarray(image)], ["red", "blue"], model), ref)  # a uint8 array
+    for one in (image, str(tmp_path / "a.png"), tmp_path / "a.png", np.asarray(image), preprocess(image)):
+        assert same(cliplab.classify(one, ["red", "blue"], model), ref), type(one)  # one image: one row
+    with pytest.raises(CliplabError, match="label 'red' is given more than once"):
+        cliplab.classify(image, ["red", "blue", "red"], model)
+    with pytest.raises(CliplabError, match=r"a tensor of images must have 3 or 4 dimensions, got shape \(32, 32\)"):
+        cliplab.classify(torch.zeros(32, 32), ["red", "blue"], model)
     with pytest.raises(CliplabError, match="image 0 is a dict"):
         cliplab.classify([{}], ["red", "blue"], model)
     with pytest.raises(CliplabError, match=r"a template needs a \{\}"):

@@ -47,7 +47,28 @@ def test_weights_changed_after_compiling_are_noticed():
     with torch.no_grad():
         model.encode_image(images)  # compiled with the weights of now
         model.load_state_dict({k: v * 1.5 if k == "visual.proj.weight" else v for k, v in model.state_dict().items()})
-        with pytest.warns(CliplabWarning, match="weights changed after compile_for_inference"):
+        with pytest.warns(CliplabWarning, match="weights or buffers changed after compile_for_inference"):
             got = model.encode_image(images)
         torch.testing.assert_close(got, model.visual(images))  # the new weights, run eagerly
         assert "_compiled_visual" not in model.__dict__
+
+
+def test_resnet_buffers_changed_after_compiling_are_noticed_and_train_mode_runs_eagerly():
+    import pytest
+
+    from cliplab.errors import CliplabWarning
+
+    torch.manual_seed(0)
+    model = create_model("RN-Tiny-64px").eval().compile_for_inference()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        model.encode_image(images)  # compiled with the running statistics of now (batch 4)
+        model.train()  # BatchNorm on the batch's own statistics: not the compiled graph, and no zero padding
+        torch.testing.assert_close(model.encode_image(images[:2]), copy.deepcopy(model).visual(images[:2]))
+        model.eval()
+        for name, buffer in model.visual.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.add_(0.5)
+        with pytest.warns(CliplabWarning, match="weights or buffers changed after compile_for_inference"):
+            got = model.encode_image(images)
+        torch.testing.assert_close(got, model.visual(images))

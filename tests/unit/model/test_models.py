@@ -1,5 +1,6 @@
 """Generic model tests over every architecture file (small ones run for real, big ones on meta)."""
 
+import copy
 import math
 
 import pytest
@@ -69,6 +70,23 @@ def test_grad_checkpointing_same_output(name):
     out.logits_per_image.sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[n], msg=n)
+
+
+def test_grad_checkpointing_updates_batchnorm_statistics_once():
+    """Backward recomputes a checkpointed ResNet stage in train mode; that must not update the running
+    statistics a second time."""
+    torch.manual_seed(0)
+    cfg = load_arch("RN-Tiny-64px")
+    plain = create_model(cfg).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    images, texts = _inputs(cfg)
+    for model in (plain, checkpointed):
+        model(images, texts).logits_per_image.sum().backward()
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers(), strict=True):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
 
 
 def test_openai_parameter_counts():
