@@ -11,11 +11,15 @@ Where ``transformers.CLIPImageProcessor`` differs (measured in ``tests/unit/test
 * its centre crop floors the offset, ``(h - n) // 2``, where torchvision rounds half to even: when
   ``h - n ≡ 3 (mod 4)`` the two crops are one pixel apart;
 * it converts to RGB *before* resizing (and composites transparency on white), so images in any mode
-  other than RGB and L (RGBA, LA, P, CMYK, 1) differ by up to a few 1e-2 after normalisation;
+  other than RGB and L differ after normalisation, measured (max abs): CMYK ~0.015, YCbCr ~0.05, palette
+  (P) 0.7–0.8 and bilevel (1) ~3, since Pillow resizes those two with NEAREST in their own mode, and
+  RGBA up to ~3.8 where transparent pixels hold colour;
 * elsewhere the two agree to ≤ 1e-5 (float rounding of its numpy rescale/normalise).
 
-:func:`load_image` opens a file or bytes, applies the EXIF orientation, maps 16/32-bit and float images
-to 8-bit grey (Pillow's own conversion would clip them), and enforces a decompression-bomb limit. The
+:func:`load_image` opens a file or bytes, applies the EXIF orientation, maps 16/32-bit integer images to
+8-bit grey (Pillow's own conversion would clip them: ``I;16`` on a 0–65535 scale, ``I`` on 0–65535 when
+any value exceeds 255, else 0–255), keeps float (``F``) images on Pillow's 0–255 scale as OpenAI's
+pipeline does (NaN as 0), and enforces a decompression-bomb limit. The
 transforms do the first two themselves for an image the caller opened (OpenAI's pipeline does neither, so
 a rotated phone photo or a 16-bit scan is where the two differ), and refuse a strip so thin that scaling its
 short side up would exceed the same pixel limit.
@@ -23,10 +27,12 @@ short side up would exceed the same pixel limit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -56,10 +62,13 @@ def _name(src: object) -> str:
 
 def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image fully, EXIF-rotated, in a mode :class:`Preprocess` accepts; one-line errors."""
+    if max_pixels > MAX_PIXELS:
+        raise CliplabError(f"load_image: max_pixels={max_pixels} is over Pillow's own limit of {MAX_PIXELS}; "
+                           "it can only be lowered")
     name = _name(src)
     fh = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
     try:
-        with Image.open(fh) as img:
+        with _quiet_bomb_warning(), Image.open(fh) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels}")
@@ -77,6 +86,14 @@ def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int 
         raise ImageError(f"{name}: unreadable image ({reason})") from None
 
 
+@contextlib.contextmanager
+def _quiet_bomb_warning() -> Iterator[None]:
+    """Pillow warns from half its limit on; here the limit is the caller's ``max_pixels``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La", "RGBa"):
         return img
@@ -84,9 +101,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16") or img.mode == "I":
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(arr.astype(np.float64) / hi * 255.0 + 0.5, 0, 255)
-    elif img.mode == "F":
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+    elif img.mode == "F":  # resized as floats, then clipped to 0-255 by convert("RGB"), as OpenAI's pipeline
+        return img if not np.isnan(arr).any() else Image.fromarray(np.nan_to_num(arr, nan=0.0), mode="F")
     else:
         return img.convert("RGB")
     return Image.fromarray(arr.astype(np.uint8), mode="L")
@@ -134,7 +150,7 @@ def _rgb(img: Image.Image) -> Image.Image:
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    """The EXIF orientation applied and 16/32-bit or float pixels mapped to 8-bit, as :func:`load_image`
+    """The EXIF orientation applied and 16/32-bit integer pixels mapped to 8-bit, as :func:`load_image`
     does, for a PIL image the caller opened; a no-op for images without either (OpenAI's pipeline ignores
     both, so it is bit-identical there). EXIF that cannot be parsed counts as no rotation: the pixels are fine."""
     try:
@@ -231,6 +247,9 @@ def as_pixels(image: Any, preprocess: Any, where: str = "image") -> torch.Tensor
     """One model input as a preprocessed tensor (3, S, S): a tensor as it is, a PIL image, a file path, or an
     (H, W[, C]) uint8 array; ``where`` names the input in the error for anything else."""
     if torch.is_tensor(image):
+        if not image.is_floating_point():
+            raise CliplabError(f"{where} is a {image.dtype} tensor; a preprocessed image is a float (3, S, S) "
+                               "tensor (give raw pixels as a PIL image or a uint8 array)")
         return image
     if isinstance(image, str | os.PathLike):
         image = load_image(image)

@@ -201,3 +201,39 @@ def test_arrays_of_every_channel_count_and_empty_images():
         as_pixels(np.zeros((0, 6, 3), np.uint8), pre, "image 3")
     with pytest.raises(CliplabError, match="an empty 0x4 image"):
         pre(Image.new("RGB", (0, 4)))
+
+
+def test_float_images_keep_their_levels_as_openai_does():
+    """OpenAI's pipeline resizes an F image as floats and clips it to 0-255 in convert("RGB"); a per-image
+    min/max stretch made a constant white image black and stretched 100..150 to 0..255."""
+    rng = np.random.default_rng(0)
+    for arr in (np.full((30, 40), 255.0), rng.uniform(100, 150, (30, 40)), rng.uniform(-50, 300, (41, 29))):
+        img = Image.fromarray(arr.astype(np.float32), "F")
+        assert torch.equal(Preprocess(PreprocessConfig(image_size=16))(img), reference(img, 16))
+    with_nan = np.full((20, 20), 200.0, np.float32)
+    with_nan[3, 4] = np.nan  # taken as 0
+    zeroed = with_nan.copy()
+    zeroed[3, 4] = 0.0
+    assert torch.equal(Preprocess(PreprocessConfig(image_size=16))(Image.fromarray(with_nan, "F")),
+                       reference(Image.fromarray(zeroed, "F"), 16))
+
+
+def test_load_image_limit_can_only_be_lowered_and_pillow_does_not_warn_below_it():
+    from cliplab.errors import CliplabError
+    from cliplab.transforms import MAX_PIXELS
+
+    with pytest.raises(CliplabError, match="over Pillow's own limit"):
+        load_image(b"", max_pixels=MAX_PIXELS + 1)
+    buf = io.BytesIO()
+    Image.new("1", (9600, 9600)).save(buf, "PNG")  # 92 Mpx: over Pillow's warning threshold, under its limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(buf.getvalue()).size == (9600, 9600)
+
+
+def test_as_pixels_refuses_integer_tensors():
+    from cliplab.errors import CliplabError
+    from cliplab.transforms import as_pixels
+
+    with pytest.raises(CliplabError, match=r"image 3 is a torch\.uint8 tensor"):
+        as_pixels(torch.zeros(3, 8, 8, dtype=torch.uint8), None, "image 3")
