@@ -4,7 +4,8 @@ Each subcommand lives in its own module under ``cliplab.cli`` and exposes ``regi
 which adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and
 returning an exit code). User mistakes raise :class:`cliplab.errors.CliplabError` and are printed as
 one line, as are operating-system errors on the user's paths (``OSError``: missing file, no permission,
-a file where a folder goes, disk full); anything else is a bug and keeps its traceback.
+a file where a folder goes, disk full) and a missing optional package (with the extra that installs it);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import warnings
 
 from cliplab.errors import CliplabError, CliplabWarning
+from cliplab.extras import install_hint
 
 # Subcommand modules, in the order `cliplab --help` lists them.
 SUBCOMMANDS = [
@@ -63,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except CliplabError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional package: name the extra that installs it
+        hint = install_hint(err)
+        if hint is None:
+            raise
+        print(f"error: cliplab {args.command} {hint}", file=sys.stderr)
         return 2
     except OSError as err:  # a path the user gave: missing, a file where a folder goes, no permission, disk full
         where = f"{err.filename}: " if err.filename else ""

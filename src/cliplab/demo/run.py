@@ -21,6 +21,7 @@ from cliplab.demo.figures import plot_predictions, plot_similarity
 from cliplab.demo.measure import evaluate_world, model_device, zero_shot_split
 from cliplab.errors import CliplabError
 from cliplab.eval.zeroshot import zero_shot_classifier
+from cliplab.extras import require
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import cpu_has_bf16
 from cliplab.tokenizer import get_tokenizer
@@ -71,6 +72,7 @@ def _precision(name: str) -> str:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
+    require("sklearn", "matplotlib", what="the demo's evaluation")  # before minutes of training, not after
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "run", ignore_errors=True)  # the demo always trains afresh; its last run is replaced

@@ -59,8 +59,6 @@ class DataConfig:
 def infer_format(train_data: str | None) -> str:
     """The data format a ``--train-data`` value names: none → synthetic, a tar pattern → wds, a CSV/TSV
     file → csv, a folder → folder."""
-    import braceexpand
-
     if not train_data:
         return "synthetic"
     path = Path(train_data)
@@ -68,6 +66,8 @@ def infer_format(train_data: str | None) -> str:
         return "csv"
     if path.is_dir():
         return "folder"
+    import braceexpand  # comes with webdataset (the `train` extra), which a .tar pattern needs anyway
+
     try:
         first = next(iter(braceexpand.braceexpand(train_data.split("::")[0])), "")
     except braceexpand.UnbalancedBracesError:
