@@ -1,8 +1,10 @@
-"""Export the two encoders to ONNX (dynamic batch) with the preprocessing and tokenizer config beside them.
+"""Export the two encoders to ONNX (dynamic batch and text length) with the preprocessing and tokenizer config
+beside them.
 
 The folder it writes is everything a non-Python service needs: ``image_encoder.onnx`` maps
 ``pixel_values`` (N, 3, S, S) to ``image_embeds`` (N, D); ``text_encoder.onnx`` maps ``input_ids``
-(N, L) int64 to ``text_embeds`` (N, D) (unnormalised, like ``encode_image``/``encode_text``);
+(N, L) int64, any L up to the context length (padding after the last end-of-text token can be left out, as
+``encode_text`` allows), to ``text_embeds`` (N, D) (unnormalised, like ``encode_image``/``encode_text``);
 ``config.json`` holds the resolved cliplab config plus the logit scale.
 """
 
@@ -45,7 +47,8 @@ class _TextEncoder(nn.Module):
         return self.model.encode_text(input_ids)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: str) -> None:
+def _export(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: str,
+            axes: dict[int, str]) -> None:
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
         torch.onnx.export(
@@ -54,7 +57,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out:
             str(tmp),
             input_names=[inp],
             output_names=[out],
-            dynamic_axes={inp: {0: "batch"}, out: {0: "batch"}},
+            dynamic_axes={inp: axes, out: {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -81,8 +84,10 @@ def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], r
     ids = torch.zeros(2, cfg.model.text.context_length, dtype=torch.long)  # (N, L)
     ids[:, 0], ids[:, 3] = 1, cfg.model.text.eot_token_id
     try:  # the wrappers are in eval mode too: the exporter restores their mode, and so the model's, after
-        _export(_ImageEncoder(model).eval(), pixels, out / "image_encoder.onnx", "pixel_values", "image_embeds")
-        _export(_TextEncoder(model).eval(), ids, out / "text_encoder.onnx", "input_ids", "text_embeds")
+        _export(_ImageEncoder(model).eval(), pixels, out / "image_encoder.onnx", "pixel_values", "image_embeds",
+                {0: "batch"})
+        _export(_TextEncoder(model).eval(), ids, out / "text_encoder.onnx", "input_ids", "text_embeds",
+                {0: "batch", 1: "sequence"})  # ids may stop after the batch's last end-of-text token
     except Exception as err:  # the exporter's own errors are long; keep the user's line short
         raise CliplabError(f"ONNX export failed: {str(err).splitlines()[0]}") from err
     finally:

@@ -35,6 +35,9 @@ def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path, arch):
         txt = ort.InferenceSession(str(onnx / "text_encoder.onnx")).run(None, {"input_ids": ids.numpy()})
         assert np.abs(img[0] - ref_img).max() <= 1e-4
         assert np.abs(txt[0] - ref_txt).max() <= 1e-4
+        short = ids[:, : 3 + n].contiguous()  # (n, 3 + n): cut after the batch's last end-of-text token
+        txt = ort.InferenceSession(str(onnx / "text_encoder.onnx")).run(None, {"input_ids": short.numpy()})
+        assert np.abs(txt[0] - ref_txt).max() <= 1e-4
     meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert meta["preprocess"]["image_size"] == s
     assert meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
