@@ -68,8 +68,9 @@ def main() -> None:
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
     p50, p99 = statistics.median(lat) * 1000, lat[int(0.99 * len(lat)) - 1] * 1000
-    print(f"{args.clients} clients x {args.requests} requests over {args.items} items: p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms, {len(lat) / wall:.0f} req/s, {errors} errors")
+    print(f"{'clients':>8}{'requests':>10}{'items':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
+    print(f"{args.clients:>8}{args.clients * args.requests:>10}{args.items:>8}{p50:>9.1f}{p99:>9.1f}"
+          f"{len(lat) / wall:>8.0f}{errors:>8}")
     print(json.dumps({"bench": "serve", "clients": args.clients, "requests_per_client": args.requests,
                       "items": args.items, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
                       "requests_per_s": round(len(lat) / wall, 1), "errors": errors}))

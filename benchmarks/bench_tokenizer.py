@@ -82,4 +82,10 @@ def main(n: int = 20_000, repeats: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000, help="texts per corpus")
+    parser.add_argument("--repeats", type=int, default=3, help="cold-start runs per side; the median counts")
+    args = parser.parse_args()
+    main(args.n, args.repeats)

@@ -16,7 +16,15 @@ import torch
 
 
 def main() -> None:
-    import open_clip
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=128)
+    args = p.parse_args()
+    try:
+        import open_clip
+    except ModuleNotFoundError:
+        raise SystemExit("this benchmark needs open_clip, which has its own environment: make parity-env && "
+                         ".venv-parity/bin/python benchmarks/bench_train_openclip.py") from None
     from bench_train import _paired_speedup, caption_ids, make_step  # this folder is on sys.path when run as a script
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
@@ -27,10 +35,6 @@ def main() -> None:
     from cliplab.train.config import OptimConfig
     from cliplab.train.optim import build_optimizer
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batch", type=int, default=128)
-    args = p.parse_args()
     torch.manual_seed(0)
     ref = open_clip.CLIP(
         embed_dim=256,

@@ -90,7 +90,11 @@ def test_a_log_line_torn_by_a_kill_does_not_stop_a_resume(tmp_path):
 def test_nothing_to_train_writes_a_valid_summary(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *COMMON, "--steps", "2", "--output", str(run)]) == 0
-    assert main(["train", "--resume", str(run), "--steps", "1", "--output", str(tmp_path / "from")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "1", "--output", str(tmp_path / "from")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "the checkpoint is at step 2, so --steps 1 leaves nothing to train (give more than 2 steps)")
+    assert main(["train", "--resume", str(run), "--steps", "2", "--output", str(tmp_path / "from")]) == 0  # a rerun
     assert "nothing to train" in capsys.readouterr().out
     text = (tmp_path / "from" / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))

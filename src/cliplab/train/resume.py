@@ -99,6 +99,9 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     step, total = int(state["step"]), int(state["total_steps"])
+    if cfg.steps is not None and cfg.steps <= step and cfg.steps != total and not cfg.time_budget_minutes:
+        raise CliplabError(f"--resume {resume_from}: the checkpoint is at step {step}, so --steps {cfg.steps} "
+                           f"leaves nothing to train (give more than {step} steps)")
     if cfg.steps is not None and cfg.steps != total and not cfg.time_budget_minutes:
         if notes:
             print(f"note: the run was scheduled for {total} steps; continuing to {cfg.steps} "
