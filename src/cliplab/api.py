@@ -117,7 +117,8 @@ def load_model(
 
         path = weights.download(name, pretrained, cache_dir=cache_dir)
     cfg, sd, root = _read_any(path, allow_unsafe, arch, activation)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    for key, value in sd.items():  # in place: each source tensor is freed as its copy is made
+        sd[key] = _owned(value)
     with torch.device("meta"):
         model = _build(cfg.model)
     model.load_state_dict(sd, assign=True)
@@ -229,3 +230,14 @@ def _image_list(images: Any) -> list[Any]:
                                f"got shape {tuple(images.shape)}")
         return list(images) if images.ndim == 4 else [images]
     return list(images)
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (floats widened to fp32) in memory of its own, 64-byte aligned, as a freshly made model's
+    parameters are. Tensors read from a safetensors file sit at its byte offsets, and MKL rounds differently
+    at other alignments: a model must compute the same however its weights were loaded (a resumed run is
+    read from its checkpoint, the run it resumes from was not)."""
+    dtype = torch.float32 if t.is_floating_point() else t.dtype
+    if t.dtype == dtype and t.is_contiguous() and t.data_ptr() % 64 == 0 and t.untyped_storage().nbytes() == t.nbytes:
+        return t
+    return t.to(dtype, copy=True).contiguous()

@@ -178,6 +178,15 @@ def test_init_from_refuses_another_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model ViT-Small-64px: differs from the architecture of --init-from" in err[0]
     assert not (tmp_path / "ft").exists()
+    resnet = tmp_path / "resnet"  # the default architecture's name given explicitly is checked too
+    assert main(["train", *COMMON, "--model", "RN-Tiny-64px", "--steps", "1", "--output", str(resnet)]) == 0
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--model", "ViT-Tiny-32px", "--init-from", str(resnet), "--steps", "1",
+                 "--output", str(tmp_path / "ft")]) == 2
+    assert "--model ViT-Tiny-32px: differs from the architecture" in capsys.readouterr().err
+    assert main(["train", *[a for a in COMMON if a != "ViT-Tiny-32px" and a != "--model"], "--init-from",
+                 str(resnet), "--steps", "1", "--output", str(tmp_path / "ft")]) == 0
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["model"] is None  # the checkpoint's
 
 
 def test_locked_resnet_keeps_its_batch_norm_statistics(tmp_path):

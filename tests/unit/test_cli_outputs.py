@@ -98,3 +98,23 @@ def test_a_hf_model_with_its_own_vocabulary_is_said(tmp_path):
     transformers.CLIPModel(cfg).save_pretrained(tmp_path / "hf")
     with pytest.warns(CliplabWarning, match="vocabulary of 1000 tokens, not the 49408 of OpenAI's BPE"):
         cliplab.load(tmp_path / "hf")
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """argparse formats help lazily: a stray '%' in a help string only fails when --help is asked for."""
+    import argparse
+
+    from cliplab.cli.main import build_parser
+
+    def commands(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, [*path, name])
+        yield path
+
+    for path in commands(build_parser(), []):
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        assert exit_.value.code == 0, path
+        assert capsys.readouterr().out.startswith("usage: cliplab"), path

@@ -53,3 +53,21 @@ def test_torchscript_release_needs_the_opt_in(tmp_path, capsys):
     mix, got, _ = load_model(tmp_path / "m")
     assert got.model.vision.activation == "quick_gelu"
     torch.testing.assert_close(mix.visual.proj.weight, (a.visual.proj.weight + b.visual.proj.weight) / 2)
+
+
+def test_refusals_say_what_differs(tmp_path, capsys):
+    import dataclasses
+
+    from cliplab.checkpoint import save_checkpoint
+
+    cfg, a = _openai_shaped(0)
+    save_checkpoint(a, CLIPConfig.for_model(cfg), tmp_path / "a")
+    narrow = dataclasses.replace(cfg, embed_dim=32)
+    save_checkpoint(create_model(narrow), CLIPConfig.for_model(narrow), tmp_path / "narrow")
+    siglip = dataclasses.replace(cfg, init_logit_bias=-10.0)
+    save_checkpoint(create_model(siglip), CLIPConfig.for_model(siglip), tmp_path / "siglip")
+    capsys.readouterr()
+    for other, said in (("narrow", "(embed_dim 64 vs 32)"),
+                        ("siglip", "(only B has a logit bias (trained with --loss siglip))")):
+        assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / other), "--output", str(tmp_path / "m")]) == 2
+        assert f"have different architectures {said}; cannot interpolate" in capsys.readouterr().err

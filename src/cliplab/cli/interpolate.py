@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliplabError(f"--alpha must be in [0, 1], got {args.alpha}")
     a, cfg_a, root = _load(args.a, args)
     b, cfg_b, root_b = _load(args.b, args)
-    if _architecture(cfg_a.model) != _architecture(cfg_b.model):
-        raise CliplabError(f"{args.a} and {args.b} have different architectures; cannot interpolate")
+    differ = _differences(_architecture(cfg_a.model), _architecture(cfg_b.model))
+    if differ:
+        raise CliplabError(f"{args.a} and {args.b} have different architectures ({differ}); cannot interpolate")
     if _tokenizer(cfg_a, root) != _tokenizer(cfg_b, root_b):  # the same ids must mean the same text
         raise CliplabError(f"{args.a} and {args.b} use different tokenizers; cannot interpolate")
     sb = b.state_dict()
@@ -65,6 +66,33 @@ def _architecture(model_cfg):
 
     bias = None if model_cfg.init_logit_bias is None else 0.0
     return dataclasses.replace(model_cfg, init_logit_scale=0.0, init_logit_bias=bias)
+
+
+def _differences(a, b) -> str:
+    """The fields where two model configs differ, e.g. ``embed_dim 32 vs 16``; empty when they agree."""
+    import dataclasses
+
+    def flat(cfg, prefix=""):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f"{prefix}{f.name}.type"] = type(value).__name__
+                out.update(flat(value, f"{prefix}{f.name}."))
+            else:
+                out[prefix + f.name] = value
+        return out
+
+    fa, fb = flat(a), flat(b)
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if fa.get(k) != fb.get(k)]
+    said = []
+    for k in keys:
+        if k == "init_logit_bias":  # the SigLIP bias: one model has it, the other not
+            who = "B" if fa.get(k) is None else "A"
+            said.append(f"only {who} has a logit bias (trained with --loss siglip)")
+        else:
+            said.append(f"{k} {fa.get(k)} vs {fb.get(k)}")
+    return "; ".join(said)
 
 
 def _tokenizer(cfg, root) -> tuple:

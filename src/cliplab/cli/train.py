@@ -11,15 +11,20 @@ FLAGS = {
     "val_data": "data.val_data",
     "data_format": "data.format", "batch_size": "batch_size", "accum_steps": "accum_steps", "epochs": "epochs",
     "steps": "steps", "lr": "optim.lr", "warmup": "optim.warmup_steps", "output": "output",
-    "save_every": "save_every", "eval_every": "eval_every", "resume": "resume", "precision": "precision",
-    "loss": "loss",
+    "save_every": "save_every", "keep_last": "keep_last", "eval_every": "eval_every", "resume": "resume",
+    "precision": "precision", "loss": "loss",
     "loss_chunk_size": "loss_chunk_size", "seed": "seed", "workers": "data.workers", "device": "device",
     "csv_img_key": "data.csv_img_key", "csv_caption_key": "data.csv_caption_key",
     "csv_separator": "data.csv_separator", "on_bad_sample": "data.on_bad_sample",
     "time_budget_minutes": "time_budget_minutes", "stop_after": "stop_after",
 }
-SWITCHES = {"grad_checkpointing": "grad_checkpointing", "compile": "compile", "lock_image": "lock_image",
-            "lock_text": "lock_text", "tensorboard": "tensorboard"}
+SWITCHES = {  # on/off flags: config key -> help
+    "grad_checkpointing": "recompute activations in backward: less memory, more time",
+    "compile": "torch.compile the model",
+    "lock_image": "freeze the image tower (LiT: train the text tower to it)",
+    "lock_text": "freeze the text tower",
+    "tensorboard": "also log to RUN/tensorboard",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--output", help="run folder")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--keep-last", type=int, help="checkpoints kept (the newest; default 3)")
     p.add_argument("--eval-every", type=int, help="evaluate (validation loss with --val-data) every N steps "
                    "(default with --val-data: every min(save-every, steps / 10) steps)")
     p.add_argument("--resume", help="'latest', a run folder or a checkpoint folder")
@@ -57,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv-separator")
     p.add_argument("--on-bad-sample", choices=["skip", "error"])
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
-    for name in SWITCHES:
-        p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=None)
+    for name, says in SWITCHES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=None, help=says)
     p.set_defaults(func=run)
 
 
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from cliplab.train.loop import train
     from cliplab.train.state import saved_settings
 
-    flags = {key: getattr(args, name) for name, key in {**FLAGS, **SWITCHES}.items()
+    flags = {key: getattr(args, name) for name, key in {**FLAGS, **{key: key for key in SWITCHES}}.items()
              if getattr(args, name, None) is not None}
     cfg = load_train_config(args.config, args.overrides, flags)
     saved = saved_settings(cfg.resume, cfg.output) if cfg.resume else None

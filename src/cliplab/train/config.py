@@ -92,9 +92,12 @@ class OptimConfig:
     grad_clip_norm: float | None = 1.0
 
 
+DEFAULT_MODEL = "ViT-Tiny-32px"  # trained from scratch when neither model nor init_from is given
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "ViT-Tiny-32px"  # architecture name or JSON path (ignored with init_from)
+    model: str | None = None  # architecture name or JSON path; None: DEFAULT_MODEL, or init_from's own
     init_from: str | None = None  # fine-tune: any checkpoint cliplab.load accepts
     tokenizer: str | None = None  # a learned BPE (JSON) for a model trained from scratch; default OpenAI's
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,6 +127,8 @@ class TrainConfig:
     stop_after: int | None = None  # testing aid: stop (as if killed) after this step
 
     def __post_init__(self) -> None:
+        if self.model is None and not self.init_from:
+            object.__setattr__(self, "model", DEFAULT_MODEL)
         o, d = self.optim, self.data
         checks = [
             (self.precision in ("fp32", "bf16", "fp16"), f"precision: {self.precision!r} (fp32, bf16 or fp16)"),
@@ -152,6 +157,8 @@ class TrainConfig:
              "optim.grad_clip_norm must be > 0 (or null: no clipping)"),
             (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
             (self.time_budget_minutes is None or self.time_budget_minutes > 0, "time_budget_minutes must be > 0"),
+            (not (self.lock_image and self.lock_text),
+             "lock_image and lock_text together leave only the temperature to train; lock one tower (LiT)"),
         ]
         for ok, msg in checks:
             if not ok:

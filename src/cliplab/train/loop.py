@@ -98,7 +98,7 @@ def _build_model(cfg: TrainConfig, tokenizer: Path | None,
         from cliplab.api import load_model
 
         model, clip_cfg, root = load_model(resume_from or cfg.init_from, device="cpu")
-        if cfg.model != TrainConfig.model and not _same_towers(load_arch(cfg.model), clip_cfg.model):
+        if cfg.model is not None and resume_from is None and not _same_towers(load_arch(cfg.model), clip_cfg.model):
             raise CliplabError(f"--model {cfg.model}: differs from the architecture of --init-from "
                                f"{cfg.init_from} ({clip_cfg.name or 'unnamed'}); a fine-tuned model keeps its "
                                "checkpoint's architecture, so drop --model")

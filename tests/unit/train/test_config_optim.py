@@ -36,6 +36,13 @@ def test_bad_overrides(override, match):
         load_train_config(None, [override])
 
 
+def test_locking_both_towers_is_refused_and_the_model_defaults_by_source():
+    with pytest.raises(CliplabError, match="lock_image and lock_text together leave only the temperature"):
+        load_train_config(None, ["lock_image=true", "lock_text=true"])
+    assert load_train_config(None, []).model == "ViT-Tiny-32px"  # from scratch: the default architecture
+    assert load_train_config(None, ["init_from=ckpt"]).model is None  # fine-tuning: the checkpoint's own
+
+
 def test_weight_decay_groups():
     model = create_model("ViT-Tiny-32px")
     opt = build_optimizer(model, OptimConfig(weight_decay=0.2))
