@@ -75,14 +75,39 @@ def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_c
     if train_config is not None:
         write_json(tmp / TRAIN_CONFIG, train_config)
     _fsync_tree(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_text(ckpts / "latest", final.name + "\n")
-    # the newest written are kept, this one always: a resume from an older step may leave later-named ones
-    others = sorted((p for p in ckpts.glob("step-*") if p.is_dir() and p != final), key=lambda p: p.stat().st_mtime)
-    for old in others[: max(0, len(others) - (keep_last - 1))]:
+    if final.exists():  # a run resumed from an older step saves this step again: `latest` names a whole one
+        write_text(ckpts / "latest", tmp.name + "\n")  # throughout
+        old = ckpts / f".old-{final.name}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        write_text(ckpts / "latest", final.name + "\n")
         shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        write_text(ckpts / "latest", final.name + "\n")
+    _prune(ckpts, final, keep_last)
+    for leftover in [*ckpts.glob(".tmp-step-*"), *ckpts.glob(".old-step-*")]:  # of saves a kill cut short
+        shutil.rmtree(leftover, ignore_errors=True)  # (`latest` names `final`; the run folder is locked)
     return final
+
+
+def _prune(ckpts: Path, final: Path, keep_last: int) -> None:
+    """Keep the ``keep_last`` checkpoints written last (``final`` always) and remove incomplete ones. Order
+    is by when each was written (its trainer state, written once), not by name, since a resume from an older
+    step leaves later-named ones, nor by folder time, which a removal cut short by a kill updates."""
+    def written(p: Path) -> float | None:
+        try:
+            return (p / TRAINER).stat().st_mtime
+        except FileNotFoundError:
+            return None  # a removal cut short (a finished save always has one)
+
+    others = [(written(p), p) for p in ckpts.glob("step-*") if p.is_dir() and p != final]
+    whole = sorted((t, p) for t, p in others if t is not None)
+    doomed = [p for t, p in others if t is None] + [p for _, p in whole[: max(0, len(whole) - (keep_last - 1))]]
+    for old in doomed:
+        gone = ckpts / f".old-{old.name}"
+        os.replace(old, gone)  # out of the checkpoints' names in one step, then removed
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def resolve_run_dir(path: str | os.PathLike[str]) -> Path | None:

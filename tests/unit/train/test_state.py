@@ -87,3 +87,44 @@ def test_resume_restores_the_random_states(tmp_path, tiny):
     at = restore(final, TrainConfig(), cfg, model, opt, None, rank=0, world=1, notes=False)
     assert at.step == 1 and at.total == 10
     assert _draws() == expected
+
+
+def test_a_prune_cut_short_never_costs_a_whole_checkpoint(tmp_path, tiny):
+    """A kill in the middle of removing an old checkpoint leaves a partial folder with the newest folder
+    time; the next prune must remove it, not the whole checkpoints written before it."""
+    cfg, model, opt = tiny
+    run = tmp_path / "run"
+    for step in (1, 2):
+        _save(run, step, tiny)
+    half = run / "checkpoints" / "step-00000001"
+    (half / "model.safetensors").unlink()  # as a removal cut short would leave it
+    (half / "trainer.pt").unlink()
+    os.utime(half)  # its folder time is now the newest
+    trainer = {"optimizer": opt.state_dict(), "scaler": {}, "rng": rng_state(), "step": 3, "total_steps": 10}
+    save_run_checkpoint(run, 3, model, cfg, trainer, keep_last=2)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step-00000002",
+                                                                                     "step-00000003"]
+
+
+def test_saving_a_step_again_keeps_latest_whole_throughout(tmp_path, tiny, monkeypatch):
+    """A run resumed from an older step saves a later step that already exists: a kill between moving the
+    old one away and putting the new one in place must leave `latest` naming a whole checkpoint."""
+    run = tmp_path / "run"
+    for step in (2, 4):
+        _save(run, step, tiny)
+    real_replace = os.replace
+
+    def killed_after_moving_the_old_one_away(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == ".old-step-00000004":
+            raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(state_module.os, "replace", killed_after_moving_the_old_one_away)
+    with pytest.raises(KeyboardInterrupt):
+        _save(run, 4, tiny)
+    monkeypatch.undo()
+    latest = resolve_run_dir(run)  # the new step 4, complete, under its temporary name
+    assert load_trainer_state(latest)["step"] == 4 and load_checkpoint(latest)[0] == tiny[0]
+    _save(run, 5, tiny)  # the next save clears the leftovers and moves on
+    assert resolve_run_dir(run).name == "step-00000005"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
