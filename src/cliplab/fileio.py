@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write", "write_json", "write_text"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,6 +59,32 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (a folder, whose old
+    contents go). A kill leaves the old folder, the new one, or (between two renames) none, with the old
+    one under a dot-name beside it: never a mix of the two."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work, old = target.parent / f".{target.name}.tmp-new", target.parent / f".{target.name}.tmp-old"
+    for leftover in (work, old):  # of a write a kill cut short
+        shutil.rmtree(leftover, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+        for f in work.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if target.exists():
+            os.replace(target, old)
+        os.replace(work, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

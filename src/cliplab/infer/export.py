@@ -21,7 +21,7 @@ from torch import nn
 
 from cliplab.config import CLIPConfig, to_dict
 from cliplab.errors import CliplabError
-from cliplab.fileio import atomic_path, write_json
+from cliplab.fileio import atomic_dir, atomic_path, write_json
 from cliplab.model.clip import CLIP
 
 __all__ = ["export_onnx"]
@@ -74,7 +74,12 @@ def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], r
     if (out / WEIGHTS).exists() or (out / "pytorch_model.bin").exists():
         raise CliplabError(f"{out}: holds a model, whose config.json the export would replace; export to another "
                            "folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as work:  # replaced whole: never one model's image encoder beside another's text
+        _write(model, cfg, work, root)
+    return out
+
+
+def _write(model: CLIP, cfg: CLIPConfig, out: Path, root: Path | None) -> None:
     caller, was_training = model, model.training
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).float().cpu()  # the caller's model keeps its dtype and device
@@ -99,4 +104,3 @@ def export_onnx(model: CLIP, cfg: CLIPConfig, out_dir: str | os.PathLike[str], r
         with atomic_path(out / cfg.tokenizer.vocab) as tmp:
             shutil.copyfile(root / cfg.tokenizer.vocab, tmp)
     write_json(out / "config.json", meta)
-    return out

@@ -57,3 +57,25 @@ def test_onnx_export_records_the_inference_scale_and_leaves_the_model_alone(tmp_
     meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert meta["logit_scale"] == pytest.approx(float(torch.tensor(5.5, dtype=torch.bfloat16).float().exp()))
     assert model.training and model.logit_scale.dtype == torch.bfloat16
+
+
+def test_an_export_cut_short_leaves_the_previous_export_whole(tmp_path, monkeypatch):
+    from cliplab.infer import export as export_module
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
+    out = tmp_path / "onnx"
+    export_module.export_onnx(create_model(cfg.model).eval(), cfg, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = export_module._export
+
+    def dies_on_the_text_encoder(module, example, path, *args):
+        if path.name == "text_encoder.onnx":
+            raise KeyboardInterrupt  # stands for a kill after the image encoder was written
+        return real(module, example, path, *args)
+
+    monkeypatch.setattr(export_module, "_export", dies_on_the_text_encoder)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.export_onnx(create_model(cfg.model).eval(), cfg, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not the new image encoder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no temporary folder left
