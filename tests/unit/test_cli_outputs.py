@@ -45,6 +45,11 @@ def test_outputs_are_not_inputs_nor_replaced_unasked(ckpts, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["convert", vit, str(tmp_path / "empty")]) == 0  # an empty folder replaces nothing
     assert cliplab.load(tmp_path / "empty")[0] is not None
+    killed = tmp_path / "killed"  # what a convert killed mid-write leaves: only its temporary file
+    killed.mkdir()
+    (killed / ".model.safetensors.k2x9_q.tmp").write_bytes(b"\0" * 64)
+    assert main(["convert", vit, str(killed)]) == 0, _error(capsys)  # the rerun is not refused
+    assert cliplab.load(killed)[0] is not None
 
 
 def test_onnx_export_never_replaces_a_models_config(ckpts, capsys):
