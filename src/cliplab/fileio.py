@@ -6,6 +6,7 @@ A crash or ``kill -9`` at any moment leaves either the old file or the new one, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from cliplab.errors import CliplabError
 
 __all__ = ["atomic_dir", "atomic_path", "atomic_write", "write_json", "write_text"]
 
@@ -24,6 +27,14 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Under 64 MiB free: a writer's failure there is taken for a full disk, which it reports in its own way."""
+    try:
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def _umask() -> int:
@@ -44,7 +55,14 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except Exception as err:  # torch.save, safetensors and faiss report a full disk as their own errors
+            if not isinstance(err, OSError | CliplabError) and _nearly_full(target.parent):
+                raise OSError(errno.ENOSPC, f"no space left on the device ({type(err).__name__}: "
+                                            f"{str(err).splitlines()[0][:120] if str(err) else ''})",
+                              str(target)) from err
+            raise
         # mkstemp makes 0600, and writers that replace the file with their own temporary one keep theirs:
         # give the finished file the usual mode
         os.chmod(tmp_path, 0o666 & ~_umask())

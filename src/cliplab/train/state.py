@@ -69,12 +69,16 @@ def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_c
     final = ckpts / f"step-{step:08d}"
     tmp = ckpts / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, clip_cfg, tmp, tokenizer_file=tokenizer_file)
-    with atomic_path(tmp / TRAINER) as t:
-        torch.save(trainer_state, t)
-    if train_config is not None:
-        write_json(tmp / TRAIN_CONFIG, train_config)
-    _fsync_tree(tmp)
+    try:
+        save_checkpoint(model, clip_cfg, tmp, tokenizer_file=tokenizer_file)
+        with atomic_path(tmp / TRAINER) as t:
+            torch.save(trainer_state, t)
+        if train_config is not None:
+            write_json(tmp / TRAIN_CONFIG, train_config)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save (a full disk) leaves no partial folder behind
+        raise
     if final.exists():  # a run resumed from an older step saves this step again: `latest` names a whole one
         write_text(ckpts / "latest", tmp.name + "\n")  # throughout
         old = ckpts / f".old-{final.name}"
