@@ -348,3 +348,21 @@ def test_uploads_with_malformed_exif_are_used(client):
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
     r = client.post("/embed", files=[("images", ("exif.jpg", _jpeg_with_bad_exif(), "image/jpeg"))])
     assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
+
+
+def test_search_on_a_store_that_cannot_take_the_index_still_answers(tmp_path, collection, monkeypatch, capsys):
+    from cliplab.infer.index import SearchIndex
+
+    store = tmp_path / "s"
+    assert main(["embed", "--images", str(collection / "imgs"), "--output", str(store), "--checkpoint",
+                 str(collection / "ckpt")]) == 0
+
+    def read_only(self, folder):
+        raise OSError(30, "Read-only file system", str(folder / "index.json"))
+
+    monkeypatch.setattr(SearchIndex, "save", read_only)
+    capsys.readouterr()
+    assert main(["search", str(store), "a red square", "-k", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "cannot save the index (Read-only file system); searching with one built in memory" in captured.err
+    assert len(json.loads(captured.out.strip().splitlines()[-1])) == 2

@@ -191,5 +191,13 @@ def load_or_build_index(store: Any, kind: str | None = None) -> SearchIndex:
     if kind is None:
         kind = "flat" if len(store) < 100_000 else "hnsw"
     idx = build_index(store.vectors(), kind, fingerprint=store.fingerprint())
-    idx.save(folder)
+    try:
+        idx.save(folder)
+    except OSError as err:  # a read-only or full store folder: the query itself needs no disk
+        import warnings
+
+        from cliplab.errors import CliplabWarning
+
+        warnings.warn(f"{err.filename or folder}: cannot save the index ({err.strerror or err}); searching with "
+                      "one built in memory", CliplabWarning, stacklevel=2)
     return idx
