@@ -51,7 +51,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as err:  # a read-only or full folder: name the user's path, not the temporary file
+        raise OSError(err.errno, err.strerror, str(target)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

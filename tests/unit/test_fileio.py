@@ -29,3 +29,15 @@ def test_a_failed_run_checkpoint_leaves_no_partial_folder(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="no space left on the device"):
         save_run_checkpoint(tmp_path / "run", 3, create_model(cfg.model), cfg, {"step": 3})
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+def test_a_folder_that_takes_no_file_is_named_by_the_users_path(tmp_path, monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".tok.json.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as info, fileio.atomic_path(tmp_path / "tok.json"):
+        pass
+    assert info.value.filename == str(tmp_path / "tok.json") and info.value.errno == errno.EROFS
