@@ -15,7 +15,7 @@ from PIL import Image
 
 import cliplab
 from cliplab.cli.main import main
-from cliplab.train.state import resolve_run_dir
+from cliplab.train.state import load_trainer_state, resolve_run_dir
 from tests.integration.helpers import COMMON, run_losses, tiny_csv
 
 pytestmark = pytest.mark.integration
@@ -27,8 +27,13 @@ def test_resume_gives_identical_losses(tmp_path):
     assert main(["train", *args, "--output", str(full)]) == 0
     assert main(["train", *args, "--output", str(part), "--stop-after", "5"]) == 0  # as if killed at step 5
     assert resolve_run_dir(part).name == "step-00000003"
+    first = load_trainer_state(resolve_run_dir(part))["train_seconds"]  # the first session's training time
     assert main(["train", *args, "--output", str(part), "--resume", "latest"]) == 0
     assert run_losses(part) == run_losses(full)
+    last = load_trainer_state(resolve_run_dir(part))["train_seconds"]
+    assert 0 < first < last  # counted over both sessions
+    summary = json.loads((part / "summary.json").read_text())["seconds"]
+    assert summary >= round(last, 1), (first, last, summary)  # so is the summary
 
 
 def test_kill_9_leaves_a_loadable_latest(tmp_path):

@@ -368,15 +368,15 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                          "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
                          "data_positions": positions if data.position is not None else None, "bad_samples": bad_total,
-                         "dropped_pairs": dropped,
-                         "batches_drawn": drawn}
+                         "dropped_pairs": dropped, "batches_drawn": drawn,
+                         "train_seconds": at.seconds + time.perf_counter() - t0}
                 last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file,
                                                 train_config={"train": to_dict(cfg), "world_size": world})
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
     if main:
-        finish(run_dir, log.history, bad_total, step, elapsed, progress, dropped)
+        finish(run_dir, log.history, bad_total, step, at.seconds + elapsed, progress, dropped)  # all sessions
     return RunResult(run_dir, unwrap(model), clip_cfg, step, log.history, bad_total, elapsed)
 
 

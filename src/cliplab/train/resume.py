@@ -76,6 +76,7 @@ class Position:
     bad_samples: int = 0
     dropped: int = 0  # good pairs left out so that every rank's share of a batch is equal
     data_position: dict[str, int] | None = None
+    seconds: float = 0.0  # training time of the sessions before this one
 
 
 def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: torch.nn.Module,
@@ -119,4 +120,5 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
               "shard stream starts again, reshuffled, so pairs of the current epoch may be met twice", flush=True)
     return Position(step, total, drawn=int(state.get("batches_drawn", step)),
                      bad_samples=int(state.get("bad_samples", 0)), dropped=int(state.get("dropped_pairs", 0)),
-                     data_position=positions[rank] if len(positions) == world else None)
+                     data_position=positions[rank] if len(positions) == world else None,
+                     seconds=float(state.get("train_seconds", 0.0)))
