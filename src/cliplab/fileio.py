@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from cliplab.errors import CliplabError
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write", "fsync_tree", "is_debris", "write_json", "write_text"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -27,6 +27,20 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """Every file under ``path`` on disk, before the folder is renamed into place."""
+    for f in path.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def is_debris(path: Path) -> bool:
+    """A temporary file of :func:`atomic_path` (``.NAME.XXXX.tmp``) or of ``tempfile`` (``.tmpXXXX``) that a
+    kill left behind."""
+    return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.startswith(".tmp"))
 
 
 def _nearly_full(folder: Path) -> bool:
@@ -95,10 +109,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     work.mkdir()
     try:
         yield work
-        for f in work.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+        fsync_tree(work)
         if target.exists():
             os.replace(target, old)
         os.replace(work, target)

@@ -33,15 +33,11 @@ def check_output(out: str, inputs: Sequence[str] = (), overwrite: bool = False) 
     """Before any work: ``out`` is none of the ``inputs``, and replaces nothing unless ``overwrite`` (an empty
     folder replaces nothing, nor one holding only the temporary files of a write a kill cut short)."""
     from cliplab.errors import CliplabError
+    from cliplab.fileio import is_debris
 
     target = Path(out)
     for src in inputs:
         if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
             raise CliplabError(f"{out}: is also the input; write to another path")
-    if target.exists() and not overwrite and not (target.is_dir() and all(map(_debris, target.iterdir()))):
+    if target.exists() and not overwrite and not (target.is_dir() and all(map(is_debris, target.iterdir()))):
         raise CliplabError(f"{out}: already exists; pass --overwrite to replace it, or write to another path")
-
-
-def _debris(path: Path) -> bool:
-    """A temporary file of an atomic write (``.NAME.XXXX.tmp``, ``.tmpXXXX``) that a kill left behind."""
-    return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.startswith(".tmp"))

@@ -23,7 +23,7 @@ import torch
 from cliplab.checkpoint import save_checkpoint
 from cliplab.config import CLIPConfig
 from cliplab.errors import CliplabError
-from cliplab.fileio import atomic_path, write_json, write_text
+from cliplab.fileio import atomic_path, fsync_tree, write_json, write_text
 
 __all__ = ["load_trainer_state", "resolve_run_dir", "rng_state", "save_run_checkpoint", "saved_settings",
            "set_rng_state"]
@@ -54,13 +54,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(gpu_state, index)
 
 
-def _fsync_tree(path: Path) -> None:
-    for f in path.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
 def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_cfg: CLIPConfig,
                         trainer_state: dict[str, Any], keep_last: int = 3,
                         tokenizer_file: Path | None = None, train_config: dict[str, Any] | None = None) -> Path:
@@ -75,7 +68,7 @@ def save_run_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, clip_c
             torch.save(trainer_state, t)
         if train_config is not None:
             write_json(tmp / TRAIN_CONFIG, train_config)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save (a full disk) leaves no partial folder behind
         raise
