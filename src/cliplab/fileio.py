@@ -17,10 +17,13 @@ from typing import IO, Any
 
 from cliplab.errors import CliplabError
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write", "fsync_tree", "is_debris", "write_json", "write_text"]
+__all__ = [
+    "atomic_dir", "atomic_path", "atomic_write", "fsync_dir", "fsync_tree", "is_debris", "write_json", "write_text",
+]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """A rename or removal in ``path`` on disk."""
     with contextlib.suppress(OSError):  # not every platform can open a directory
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -90,7 +93,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
             os.replace(tmp_path, target)
         except OSError as err:  # name the user's path, not the temporary file
             raise OSError(err.errno, err.strerror, str(target)) from None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -113,7 +116,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         if target.exists():
             os.replace(target, old)
         os.replace(work, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

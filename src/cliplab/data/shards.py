@@ -29,9 +29,11 @@ from cliplab.data.batch import BadSample
 from cliplab.data.folder import IMAGE_EXTENSIONS
 from cliplab.data.samples import Tokenizer, Transform, make_pair, seeded
 from cliplab.errors import CliplabError, CliplabWarning
-from cliplab.fileio import atomic_path
+from cliplab.fileio import atomic_path, fsync_dir
 
 __all__ = ["ShardDataset", "expand_urls", "member_key", "write_shards"]
+
+INCOMPLETE = "shards.incomplete"  # written first by write_shards as PREFIX + INCOMPLETE, removed when all are out
 
 IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # what a folder of images may hold
 TEXT_FIELDS = ("caption", "text", "title")
@@ -65,7 +67,21 @@ def expand_urls(pattern: str | Iterable[str]) -> list[str]:
         raise CliplabError(f"{folder}: a folder, not a tar shard (for a folder of images: --data-format folder)")
     if not urls:
         raise CliplabError(f"no shards match {pattern!r}")
+    for url in local:
+        marker = _unfinished_marker(Path(url))
+        if marker is not None:
+            raise CliplabError(f"{url}: written by a `cliplab shards` run that did not finish ({marker} is still "
+                               "there); run it again to replace the partial set")
     return urls
+
+
+def _unfinished_marker(shard: Path) -> Path | None:
+    """The marker of an unfinished :func:`write_shards` run that ``shard`` belongs to, if there is one."""
+    stem = shard.name.removesuffix(".tar")
+    if len(stem) < 5 or not stem[-5:].isdigit():
+        return None
+    marker = shard.with_name(stem[:-5] + INCOMPLETE)
+    return marker if marker.exists() else None
 
 
 def _split_by_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
@@ -194,25 +210,32 @@ def write_shards(
 ) -> list[Path]:
     """Write (image file, caption) pairs into ``out_dir/{prefix}00000.tar``...; each shard appears atomically.
 
-    Image bytes are stored as they are (no re-encoding), under the suffix :func:`member_key` gives.
+    Image bytes are stored as they are (no re-encoding), under the suffix :func:`member_key` gives. A marker
+    file (``{prefix}shards.incomplete``) stands beside the shards until the last one is written, so a killed or
+    failed run's partial set is refused by the reader and replaced by the next run.
     """
     out = Path(out_dir)
+    marker = out / f"{prefix}{INCOMPLETE}"
     old = sorted(out.glob(f"{prefix}[0-9][0-9][0-9][0-9][0-9].tar")) if out.is_dir() else []
-    if old:
+    if old and not marker.exists():
         raise CliplabError(f"{out}: already holds shards ({old[0].name}, ...); a pattern over both sets would "
                            "mix them: write into an empty folder, or give another --prefix")
     out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    fsync_dir(out)
+    for path in old:  # an unfinished run's partial set: the marker says it is ours to replace
+        path.unlink()
     written: list[Path] = []
     batch: list[tuple[Path, str]] = []
 
     def flush() -> None:
         target = out / f"{prefix}{len(written):05d}.tar"
+        exts = [member_key(path) for path, _ in batch]
+        if None in exts:
+            raise CliplabError(f"{batch[exts.index(None)][0]}: not a JPEG, PNG, WebP, BMP, GIF or TIFF image")
         with atomic_path(target) as tmp, open(tmp, "wb") as fh:
             writer = wds.TarWriter(fh, encoder=False)
-            for j, (path, caption) in enumerate(batch):
-                ext = member_key(path)
-                if ext is None:
-                    raise CliplabError(f"{path}: not a JPEG, PNG, WebP, BMP, GIF or TIFF image")
+            for j, ((path, caption), ext) in enumerate(zip(batch, exts, strict=True)):
                 key = f"{len(written):05d}{j:06d}"
                 writer.write({"__key__": key, ext: path.read_bytes(), "txt": caption.encode("utf-8")})
             writer.close()
@@ -225,4 +248,6 @@ def write_shards(
             flush()
     if batch:
         flush()
+    marker.unlink()
+    fsync_dir(out)
     return written

@@ -293,3 +293,24 @@ def test_a_pinned_batch_keeps_its_bookkeeping(monkeypatch):
     out = pin_memory(batch)
     assert isinstance(out, Batch) and out.worker == 1 and out.bad == batch.bad
     assert pinned == [(2, 3, 4, 4), (2, 5)] and torch.equal(out.texts, batch.texts)
+
+
+def test_an_unfinished_set_of_shards_is_refused_then_replaced(tmp_path, transform, tokenizer, capsys):
+    """A `cliplab shards` run that stops part-way (a bad file here, a kill in general) leaves its marker: the
+    reader refuses the partial set, and the next run replaces it."""
+    imgs = [_image(tmp_path / "img" / f"{i}.png", colour=(i * 40, 0, 0)) for i in range(5)]
+    (tmp_path / "img" / "notes.xyz").write_text("not an image")
+    out = tmp_path / "s"
+    with pytest.raises(CliplabError, match=r"notes\.xyz: not a JPEG"):
+        write_shards([*[(p, f"caption {i}") for i, p in enumerate(imgs)], (tmp_path / "img" / "notes.xyz", "x")],
+                     out, per_shard=2)
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "shards.incomplete"]
+    with pytest.raises(CliplabError, match=r"00000\.tar: written by a `cliplab shards` run that did not finish"):
+        ShardDataset(str(out / "{00000..00001}.tar"), transform, tokenizer)
+    written = write_shards([(p, f"caption {i}") for i, p in enumerate(imgs[:3])], out, per_shard=1)
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "00002.tar"] == [p.name for p in written]
+    items = list(ShardDataset(str(out / "{00000..00002}.tar"), transform, tokenizer, shuffle_buffer=1))
+    assert len(items) == 3 and not any(isinstance(it, BadSample) for it in items)
+    # another prefix's marker in the same folder says nothing about these shards
+    (out / "b-shards.incomplete").touch()
+    assert len(ShardDataset(str(out / "00000.tar"), transform, tokenizer).urls) == 1
