@@ -8,7 +8,7 @@ import torch
 
 from cliplab.errors import CliplabError
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_bf16"]
+__all__ = ["PRECISIONS", "autocast", "cpu_has_bf16", "cuda_has_bf16"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -27,3 +27,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def cpu_has_bf16() -> bool:
     """True where oneDNN has native bf16 kernels (AVX-512 BF16 or AMX); elsewhere bf16 is emulated, slower."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cuda_has_bf16() -> bool:
+    """True on GPUs with bf16 tensor cores (Ampere on); older ones (V100, T4) only emulate it, slowly."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)

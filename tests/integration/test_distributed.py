@@ -66,6 +66,21 @@ def test_two_processes_equal_one(tmp_path):
     assert len(losses[1]) == 3
 
 
+def test_validation_on_one_shard_is_shared_by_two_processes(tmp_path):
+    """Fewer validation shards than processes: each process reads the global batches and embeds its slice;
+    the loss over the gathered batch equals one process's."""
+    from cliplab.data.shards import write_shards
+
+    csv = _data(tmp_path / "data")
+    write_shards(((tmp_path / "data" / f"{i}.png", f"shade {i}") for i in range(32)), tmp_path / "val", 32)
+    val = ["--val-data", str(tmp_path / "val" / "00000.tar"), "--eval-every", "3"]
+    _train(csv, tmp_path / "one", 1, 16, *val)
+    _train(csv, tmp_path / "two", 2, 8, *val)
+    val_losses = [[json.loads(line)["val_loss"] for line in (tmp_path / run / "metrics.jsonl").read_text()
+                   .splitlines() if "val_loss" in line] for run in ("one", "two")]
+    assert len(val_losses[0]) == 1 and val_losses[1] == pytest.approx(val_losses[0], rel=1e-5)
+
+
 def test_bad_samples_of_every_rank_are_counted(tmp_path):
     csv = _data(tmp_path / "data")
     with open(csv, "a") as fh:

@@ -274,3 +274,32 @@ def test_empty_config_section_is_a_section(tmp_path, capsys):
     assert main(["train", *COMMON, "--config", str(tmp_path / "run.yaml"), "--output", str(tmp_path / "r")]) == 0
     assert main(["train", *COMMON, "--steps", "1", "data=3", "data.workers=0", "--output", str(tmp_path / "s")]) == 2
     assert "'data' is not a section" in capsys.readouterr().err
+
+
+def test_fp16_steps_that_overflow_are_logged_as_skipped_and_end_the_run_when_they_persist(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """An fp16 step the grad scaler skips has no finite loss or gradient norm: the log says null (strict
+    JSON), marks it skipped, and 20 such steps in a row stop the run. (fp16 itself needs CUDA: the step is
+    stood in for.)"""
+    from cliplab.train import loop
+
+    calls = []
+
+    def overflowing_step(*args, **kwargs):
+        calls.append(1)
+        finite = len(calls) <= 2
+        return {"loss": 1.5 if finite else math.nan, "grad_norm": 3.0 if finite else math.nan,
+                "skipped": not finite}
+
+    monkeypatch.setattr(loop, "train_step", overflowing_step)
+    assert main(["train", *COMMON, "--steps", "40", "--output", str(tmp_path / "r"), "log_every=1"]) == 2
+    assert "the loss was not finite in 20 fp16 steps in a row" in capsys.readouterr().err
+    assert len(calls) == 22
+
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in (tmp_path / "r" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert [(r["loss"], r["grad_norm"], r.get("skipped", False)) for r in rows] == \
+        [(1.5, 3.0, False)] * 2 + [(None, None, True)] * 20

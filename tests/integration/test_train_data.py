@@ -64,9 +64,9 @@ def test_shard_validation_is_one_pass(tmp_path):
     data = tiny_csv(tmp_path / "data", n=14)
     write_shards(((tmp_path / "data" / f"{i}.png", f"shade {i}") for i in range(14)), tmp_path / "sh", 5)
     cfg = load_train_config(None, [f"data.val_data={tmp_path / 'sh'}/{{00000..00002}}.tar",
-                                   f"data.train_data={data}"])
+                                   f"data.train_data={data}", "batch_size=4"])
     model = create_model("ViT-Tiny-32px")
-    hook = validation_hook(cfg, CLIPConfig.for_model(model.cfg), get_tokenizer(), torch.device("cpu"), 4)
+    hook = validation_hook(cfg, CLIPConfig.for_model(model.cfg), get_tokenizer(), torch.device("cpu"))
     seen = []
     model.register_forward_hook(lambda mod, args, out: seen.append(len(args[0])))
     result = hook(model, 1)

@@ -23,7 +23,7 @@ from cliplab.errors import CliplabError
 from cliplab.eval.zeroshot import zero_shot_classifier
 from cliplab.extras import require
 from cliplab.fileio import write_json, write_text
-from cliplab.precision import cpu_has_bf16
+from cliplab.precision import cpu_has_bf16, cuda_has_bf16
 from cliplab.tokenizer import get_tokenizer
 from cliplab.train.config import DataConfig, OptimConfig, TrainConfig
 from cliplab.train.curves import plot_curves
@@ -67,7 +67,7 @@ def _precision(name: str) -> str:
     if name != "auto":
         return name
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda_has_bf16() else "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 

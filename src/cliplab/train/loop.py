@@ -68,10 +68,10 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
                 raise CliplabError(f"--device {device_pref}: under torchrun process {local} of this node uses "
                                    f"cuda:{local} (LOCAL_RANK); give --device cuda (or auto)")
             device = torch.device("cuda", local)
+    if device.type == "cuda" and device.index is not None:  # before NCCL starts, and so that pinned memory
+        torch.cuda.set_device(device)  # and caches go to this GPU, not GPU 0
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world, device
 
@@ -141,6 +141,12 @@ def _loss_fn(cfg: TrainConfig) -> Callable:
 
 
 MAX_UNUSABLE_BATCHES = 100
+MAX_SKIPPED_STEPS = 20  # fp16 steps in a row with a non-finite loss: the scale has then fallen 2^20-fold
+
+
+def _finite(x: float, digits: int) -> float | None:
+    """A figure for the JSONL log: null where it is not finite (strict JSON has no NaN or Infinity)."""
+    return round(x, digits) if math.isfinite(x) else None
 
 
 def _agree(n_good: int, bad: list, world: int) -> tuple[int, list, int]:
@@ -183,8 +189,12 @@ class _Log:
 
 def train(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...] = (), progress: bool = True) -> RunResult:
     """Run (or resume) a training run described by ``cfg``; returns the trained model and its history."""
+    ours = not (dist.is_available() and dist.is_initialized())  # a process group set up here is ended here
     with contextlib.ExitStack() as locks:  # the run folder's lock, released however the run ends
-        return _run(cfg, eval_hooks, progress, locks)
+        result = _run(cfg, eval_hooks, progress, locks)
+    if ours and dist.is_available() and dist.is_initialized():  # after a clean end only: an error leaves the
+        dist.destroy_process_group()  # others to their timeout, and a teardown could block on them
+    return result
 
 
 def _lock(run_dir: Path, locks: contextlib.ExitStack) -> bool:
@@ -257,11 +267,11 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
             print(f"note: the run was scheduled for {total} steps; --epochs {cfg.epochs} makes it {planned} "
                   "(the learning-rate schedule stretches to the new length)", flush=True)
         total = planned
-    if cfg.compile:
-        model = torch.compile(model)
     if world > 1:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    if cfg.compile:  # around DDP, so that its gradient buckets are reduced while the backward goes on
+        model = torch.compile(model)
 
     if main:
         locked = locked or _lock(run_dir, locks)
@@ -271,10 +281,11 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                    remember=False)
     loss_fn = _loss_fn(cfg)
     board = _tensorboard(run_dir) if cfg.tensorboard and main else None
-    hooks = list(eval_hooks)
+    hooks = list(eval_hooks)  # rank 0 runs these alone; every rank takes part in the validation
     eval_every = cfg.eval_every
+    validate = None
     if cfg.data.val_data:
-        hooks.append(validation_hook(cfg, clip_cfg, tokenizer, device, batch_size=cfg.batch_size * world))
+        validate = validation_hook(cfg, clip_cfg, tokenizer, device, rank=rank, world_size=world)
         eval_every = eval_every or min(cfg.save_every, max(1, total // 10))
     global_batch = cfg.batch_size * cfg.accum_steps * world
     if main and progress:
@@ -293,6 +304,7 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
               "(give more --steps or --epochs to go on)", flush=True)
     try:  # the bar ends its line before any error message
         unusable = 0  # consecutive batches with fewer than 2 good pairs
+        skipped_in_a_row = 0  # consecutive fp16 steps whose loss was not finite
         while step < total:
             batch = next(data.batches)
             drawn += 1
@@ -317,6 +329,10 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                 group["lr"] = lr
             images = batch.images[:n_good].to(device, non_blocking=True)  # every rank contributes n_good pairs
             texts = batch.texts[:n_good].to(device, non_blocking=True)
+            if skipped_in_a_row >= MAX_SKIPPED_STEPS:
+                keep = f"; the last good checkpoint is {last_save}" if last_save else ""
+                raise CliplabError(f"step {step}: the loss was not finite in {skipped_in_a_row} fp16 steps in a row, "
+                                   f"whatever the loss scale (diverged){keep}")
             try:
                 stats = train_step(model, images, texts, optimizer, loss_fn, accum_steps=cfg.accum_steps, device=device,
                                    precision=cfg.precision, scaler=scaler, grad_clip_norm=cfg.optim.grad_clip_norm)
@@ -327,6 +343,7 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                 t = torch.tensor([stats["loss"]], device=device)
                 dist.all_reduce(t)
                 stats["loss"] = float(t) / world
+            skipped_in_a_row = skipped_in_a_row + 1 if not math.isfinite(stats["loss"]) else 0
             step += 1
             samples_seen += images.shape[0] * world
             elapsed = time.perf_counter() - t0
@@ -338,18 +355,19 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                     total = bar.total = int(t)
             scale = float(unwrap(model).scale().detach())
             if step % cfg.log_every == 0 or step == total:
-                log.write({"step": step, "loss": round(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
-                           "grad_norm": round(stats["grad_norm"], 4), "samples_per_s": round(samples_seen / elapsed, 1),
-                           "time": round(elapsed, 2)})
+                log.write({"step": step, "loss": _finite(stats["loss"], 6), "lr": lr, "scale": round(scale, 4),
+                           "grad_norm": _finite(stats["grad_norm"], 4),
+                           "samples_per_s": round(samples_seen / elapsed, 1), "time": round(elapsed, 2),
+                           **({"skipped": True} if stats["skipped"] else {})})
             bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", T=f"{1 / scale:.4f}",
                             sps=f"{samples_seen / elapsed:.0f}")
             bar.update(1)
             if board is not None and (step % cfg.log_every == 0 or step == total):
                 for key, value in (("loss", stats["loss"]), ("lr", lr), ("logit_scale", scale)):
                     board.add_scalar(f"train/{key}", value, step)
-            if eval_every and step % eval_every == 0 and hooks and main:
-                row = {"step": step}
-                for hook in hooks:
+            if eval_every and step % eval_every == 0 and (hooks or validate):
+                row = {"step": step, **(validate(unwrap(model), step) if validate else {})}
+                for hook in hooks if main else ():
                     row.update(hook(unwrap(model), step))
                 log.write(row)
                 if board is not None:
@@ -364,9 +382,14 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                 if world > 1:
                     positions = [None] * world
                     dist.all_gather_object(positions, data.position())
+            rngs: list[Any] = [rng_state()] if saving else []
+            if saving and world > 1:  # every rank's random states: each drives its own GPU's generator
+                rngs = [None] * world
+                dist.all_gather_object(rngs, rng_state())
             if main and saving:
                 state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                         "rng": rng_state(), "step": step, "total_steps": total, "global_batch": global_batch,
+                         "rng": rngs[0], "rng_ranks": rngs if world > 1 else None, "step": step,
+                         "total_steps": total, "global_batch": global_batch,
                          "data_positions": positions if data.position is not None else None, "bad_samples": bad_total,
                          "dropped_pairs": dropped, "batches_drawn": drawn,
                          "train_seconds": at.seconds + time.perf_counter() - t0}

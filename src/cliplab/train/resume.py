@@ -113,7 +113,8 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
         print(f"note: the run was trained with a global batch of {state['global_batch']}; it goes on with "
               f"{global_batch} ({world} process{'es' if world > 1 else ''} x {cfg.batch_size} x {cfg.accum_steps} "
               "accum), which changes the contrastive task and the data order", flush=True)
-    set_rng_state(state["rng"])
+    ranks = state.get("rng_ranks") or []  # each process's own states (its GPU's above all), saved under DDP
+    set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
     positions = state.get("data_positions") or []
     if notes and positions and len(positions) != world:
         print(f"note: the run read its shards with {len(positions)} process(es), this one with {world}: the "

@@ -28,7 +28,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, optimizer: torch.optim.Optimizer,
                loss_fn: LossFn, *, accum_steps: int = 1, device: torch.device, precision: str = "fp32",
                scaler: torch.amp.GradScaler | None = None, grad_clip_norm: float | None = None) -> dict[str, float]:
-    """Run one update; returns ``{"loss", "grad_norm"}``. Raises if the loss is not finite (no update then)."""
+    """Run one update; returns ``{"loss", "grad_norm", "skipped"}``. A loss that is not finite raises (no
+    update then), except with an fp16 ``scaler``, which skips that update as it does one whose gradients
+    overflow (``skipped``: True)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
 
@@ -54,7 +56,13 @@ def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, opti
         if torch.isfinite(loss):
             (scaler.scale(loss) if scaler is not None else loss).backward()
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()}")
+        if scaler is None:
+            raise FloatingPointError(f"loss is {loss.item()}")
+        # fp16: a forward that overflowed. As with gradients that overflow, the scaler skips the update and
+        # lowers its scale; the loop stops the run if this goes on
+        scaler.scale(loss)  # (the scaler sets itself up on its first use)
+        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+        return {"loss": float(loss.detach()), "grad_norm": float("nan"), "skipped": True}
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
@@ -62,10 +70,13 @@ def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, opti
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) if params else torch.zeros(())
+    skipped = False
     if scaler is not None:
-        scaler.step(optimizer)
+        before = scaler.get_scale()
+        scaler.step(optimizer)  # skipped when a gradient overflowed
         scaler.update()
+        skipped = scaler.get_scale() < before
     else:
         optimizer.step()
     unwrap(model).clamp_logit_scale()
-    return {"loss": float(loss.detach()), "grad_norm": float(norm)}
+    return {"loss": float(loss.detach()), "grad_norm": float(norm), "skipped": skipped}

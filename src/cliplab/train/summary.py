@@ -30,7 +30,7 @@ def finish(run_dir: Path, history: list[dict[str, Any]], bad: int, steps: int, s
     """Write ``summary.json`` (``bad_samples`` counts skips, ``bad_distinct`` the samples skipped) and
     ``curves.png``, and print the closing line."""
     distinct = _distinct_sources(run_dir / "bad_samples.jsonl")
-    final = next((h["loss"] for h in reversed(history) if "loss" in h), None)  # None: JSON has no NaN
+    final = next((h["loss"] for h in reversed(history) if h.get("loss") is not None), None)  # JSON has no NaN
     summary = {"steps": steps, "seconds": round(seconds, 1), "bad_samples": bad, "bad_distinct": distinct,
                "dropped_pairs": dropped, "final_loss": final}
     write_json(run_dir / "summary.json", summary)

@@ -63,3 +63,33 @@ def test_unwrap_never_asks_a_module_for_its_truth_value():
             self.module = NoBool()
 
     assert unwrap(Wrapper()) is inner
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_an_fp16_step_whose_loss_or_gradients_overflow_is_skipped(accum_steps):
+    """With a grad scaler, a non-finite loss (an fp16 forward that overflowed) is skipped as overflowing
+    gradients are: no update, a lower scale, ``skipped`` said. Without one it stays an error."""
+    import math
+
+    torch.manual_seed(0)
+    model = create_model(load_arch("ViT-Tiny-32px"))
+    before = copy.deepcopy(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    images, texts = _batch()
+
+    def overflowing(img, txt, scale, bias):
+        return clip_loss(img, txt, scale, bias) * math.inf
+
+    cpu = torch.device("cpu")
+    out = train_step(model, images, texts, opt, overflowing, accum_steps=accum_steps, device=cpu, scaler=scaler)
+    assert out["skipped"] and not math.isfinite(out["loss"]) and scaler.get_scale() == 2.0**11
+    handle = model.logit_scale.register_hook(lambda g: torch.full_like(g, math.inf))  # finite loss, inf gradient
+    out = train_step(model, images, texts, opt, clip_loss, accum_steps=accum_steps, device=cpu, scaler=scaler)
+    handle.remove()
+    assert out["skipped"] and math.isfinite(out["loss"]) and scaler.get_scale() == 2.0**10
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    out = train_step(model, images, texts, opt, clip_loss, accum_steps=accum_steps, device=cpu, scaler=scaler)
+    assert not out["skipped"] and scaler.get_scale() == 2.0**10
+    with pytest.raises(FloatingPointError, match="loss is inf"):
+        train_step(model, images, texts, opt, overflowing, accum_steps=accum_steps, device=cpu)
