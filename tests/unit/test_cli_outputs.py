@@ -52,6 +52,16 @@ def test_outputs_are_not_inputs_nor_replaced_unasked(ckpts, tmp_path, capsys):
     assert cliplab.load(killed)[0] is not None
 
 
+def test_an_output_folder_holding_the_input_is_refused(ckpts, capsys):
+    """`export` replaces its output folder whole: with the checkpoint inside it, --overwrite deleted it."""
+    vit = str(ckpts / "ViT-Tiny-32px")
+    assert main(["export", "--checkpoint", vit, "--output", str(ckpts), "--format", "onnx", "--overwrite"]) == 2
+    assert f"holds the input {vit}" in _error(capsys)
+    assert main(["convert", vit, str(ckpts), "--overwrite"]) == 2
+    assert "holds the input" in _error(capsys)
+    assert cliplab.load(vit)[0] is not None
+
+
 def test_onnx_export_never_replaces_a_models_config(ckpts, capsys):
     pytest.importorskip("onnx")
     vit = str(ckpts / "ViT-Tiny-32px")

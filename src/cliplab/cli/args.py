@@ -30,14 +30,20 @@ def counts(text: str) -> list[int]:
 
 
 def check_output(out: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
-    """Before any work: ``out`` is none of the ``inputs``, and replaces nothing unless ``overwrite`` (an empty
-    folder replaces nothing, nor one holding only the temporary files of a write a kill cut short)."""
+    """Before any work: ``out`` is none of the ``inputs`` and holds none of them (a folder output is replaced
+    whole), and replaces nothing unless ``overwrite`` (an empty folder replaces nothing, nor one holding only
+    the temporary files of a write a kill cut short)."""
     from cliplab.errors import CliplabError
     from cliplab.fileio import is_debris
 
     target = Path(out)
     for src in inputs:
-        if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
+        if not (Path(src).exists() and target.exists()):
+            continue
+        if target.resolve() == Path(src).resolve():
             raise CliplabError(f"{out}: is also the input; write to another path")
+        if Path(src).resolve().is_relative_to(target.resolve()):
+            raise CliplabError(f"{out}: holds the input {src}, which writing there would replace; write to "
+                               "another path")
     if target.exists() and not overwrite and not (target.is_dir() and all(map(is_debris, target.iterdir()))):
         raise CliplabError(f"{out}: already exists; pass --overwrite to replace it, or write to another path")
