@@ -33,11 +33,15 @@ def fsync_dir(path: Path) -> None:
 
 
 def fsync_tree(path: Path) -> None:
-    """Every file under ``path`` on disk, before the folder is renamed into place."""
-    for f in path.rglob("*"):
+    """Every file and folder under ``path`` on disk (a file's name lives in its folder), before the folder
+    is renamed into place."""
+    for f in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):  # deepest first, then the folders above
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        elif f.is_dir():
+            fsync_dir(f)
+    fsync_dir(path)
 
 
 def is_debris(path: Path) -> bool:
@@ -103,10 +107,12 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (a folder, whose old
     contents go). A kill leaves the old folder, the new one, or (between two renames) none, with the old
-    one under a dot-name beside it: never a mix of the two."""
+    one under a dot-name beside it: never a mix of the two. The next write puts that old one back first."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     work, old = target.parent / f".{target.name}.tmp-new", target.parent / f".{target.name}.tmp-old"
+    if old.is_dir() and not target.exists():  # killed between the renames: the last good folder returns
+        os.replace(old, target)
     for leftover in (work, old):  # of a write a kill cut short
         shutil.rmtree(leftover, ignore_errors=True)
     work.mkdir()

@@ -41,3 +41,27 @@ def test_a_folder_that_takes_no_file_is_named_by_the_users_path(tmp_path, monkey
     with pytest.raises(OSError) as info, fileio.atomic_path(tmp_path / "tok.json"):
         pass
     assert info.value.filename == str(tmp_path / "tok.json") and info.value.errno == errno.EROFS
+
+
+def test_a_folder_is_on_disk_folders_and_all_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    from tests.helpers import spy_fsync_and_replace
+
+    events = spy_fsync_and_replace(monkeypatch)
+    with fileio.atomic_dir(tmp_path / "out") as work:
+        (work / "sub").mkdir()
+        (work / "sub" / "a.bin").write_bytes(b"a")
+        work_path = str(work.resolve())
+    rename = next(i for i, e in enumerate(events) if e[0] == "replace")
+    synced = {e[1] for e in events[:rename] if e[0] == "fsync"}
+    assert {work_path, f"{work_path}/sub", f"{work_path}/sub/a.bin"} <= synced
+
+
+def test_a_kill_between_the_two_renames_gives_the_old_folder_back(tmp_path):
+    """Killed after the old folder moved aside and before the new one moved in: the next write starts by
+    putting the last good folder back, so a failure then still leaves it."""
+    (tmp_path / ".out.tmp-old").mkdir()
+    (tmp_path / ".out.tmp-old" / "model.bin").write_bytes(b"good")
+    with pytest.raises(RuntimeError, match="failed"), fileio.atomic_dir(tmp_path / "out"):
+        raise RuntimeError("the new write failed")
+    assert (tmp_path / "out" / "model.bin").read_bytes() == b"good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
