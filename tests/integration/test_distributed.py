@@ -171,3 +171,59 @@ def test_embedding_under_torchrun_agrees_on_the_store(tmp_path):
     res = _embed(tmp_path / "fresh", csv, ck_a, 29538, "--texts", str(tmp_path / "none.txt"))
     assert res.returncode != 0 and "none.txt" in res.stderr
     assert not (tmp_path / "fresh").exists()  # rank 0's bad input stopped rank 1 before it wrote
+
+
+def _set_statistics(model, seed):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g))
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
+
+
+def _validate_on_rank(rank, csv, port, results):
+    import torch
+    import torch.distributed as dist
+
+    from cliplab.api import create_model
+    from cliplab.config import CLIPConfig
+    from cliplab.tokenizer import get_tokenizer
+    from cliplab.train.config import load_train_config
+    from cliplab.train.validation import validation_hook
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = create_model("RN-Tiny-64px")
+    _set_statistics(model, seed=rank)  # after a DDP step each rank's BatchNorm statistics are its own
+    cfg = load_train_config(None, [f"data.val_data={csv}", f"data.train_data={csv}", "batch_size=8",
+                                   "data.workers=0"])
+    hook = validation_hook(cfg, CLIPConfig.for_model(model.cfg), get_tokenizer(), torch.device("cpu"),
+                           rank=rank, world_size=2)
+    results[rank] = hook(model, 1)["val_loss"]
+    dist.destroy_process_group()
+
+
+def test_validation_under_ddp_uses_rank_0s_batch_norm_statistics(tmp_path):
+    """The checkpoint holds rank 0's statistics; validation must use them on every rank, whatever each
+    rank's own copy became after its last step: the loss equals one process's with rank 0's model."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from cliplab.api import create_model
+    from cliplab.config import CLIPConfig
+    from cliplab.tokenizer import get_tokenizer
+    from cliplab.train.config import load_train_config
+    from cliplab.train.validation import validation_hook
+
+    csv = _data(tmp_path / "data")
+    results = mp.Manager().dict()
+    mp.start_processes(_validate_on_rank, args=(str(csv), 29536, results), nprocs=2, start_method="fork")
+    torch.manual_seed(0)
+    model = create_model("RN-Tiny-64px")
+    _set_statistics(model, seed=0)
+    cfg = load_train_config(None, [f"data.val_data={csv}", f"data.train_data={csv}", "batch_size=16",
+                                   "data.workers=0"])
+    one = validation_hook(cfg, CLIPConfig.for_model(model.cfg), get_tokenizer(), torch.device("cpu"))(model, 1)
+    assert results[0] == results[1] == pytest.approx(one["val_loss"], rel=1e-5)

@@ -57,6 +57,9 @@ def validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, devi
         val = data()
         n_batches = min(max_batches, val.steps_per_epoch or max_batches)
         losses, sizes = [], []
+        if world_size > 1:  # BatchNorm statistics: rank 0's, which its checkpoints hold (DDP broadcasts them
+            for buffer in model.buffers():  # before every training step anyway)
+                dist.broadcast(buffer, 0)
         model.eval()
         for _ in range(n_batches):
             batch = next(val.batches)
