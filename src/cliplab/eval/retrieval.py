@@ -9,8 +9,12 @@ chance-level recall, never 100 %. For image→text the correct score is the best
 own captions (an image is retrieved as soon as any of its captions is).
 
 Memory: the (Ni, Nt) matrix is never built; one (chunk_size, chunk_size) block at a time is, and it serves
-both directions. The correct scores come first, from the blocks that hold correct pairs (so that a tie is
-compared with the very same rounding).
+both directions. The correct scores come first, from the blocks that hold correct pairs.
+
+Exact ties: a float32 matrix product rounds the same dot product differently depending on the block's
+shape and where the pair sits in it, so an exact duplicate (image or caption) could score a hair above or
+below its twin and the tie would be broken by chance. Blocks are therefore multiplied in float64 and rounded
+to float32: equal vectors get equal scores in any block, and the ranks do not depend on ``chunk_size``.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def retrieval_ranks(
         i1 = min(i0 + chunk_size, ni)
         for t0 in range(0, nt, chunk_size):
             t1 = min(t0 + chunk_size, nt)
-            scores = img[i0:i1] @ txt[t0:t1].T  # (bi, bt)
+            scores = _block(img[i0:i1], txt[t0:t1])  # (bi, bt)
             i2t_wrong[i0:i1] += (scores >= best[i0:i1, None]).sum(dim=1)
             t2i_wrong[t0:t1] += (scores >= pos[None, t0:t1]).sum(dim=0)
             # the correct pairs inside this block were counted too: take them back out, using the block's
@@ -72,11 +76,17 @@ def retrieval_ranks(
     return i2t_wrong + 1, t2i_wrong + 1
 
 
+def _block(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """Scores (bi, bt) of one block, the same float32 value for a pair whatever the block (module docstring)."""
+    device = img.device
+    if device.type == "mps":  # no float64 there
+        img, txt = img.cpu(), txt.cpu()
+    return (img.double() @ txt.double().T).float().to(device)
+
+
 def _own_scores(img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Each text's score with its own image, taken from the same block products the ranking compares them
-    with: a separately computed dot product can round differently, and then an exact tie (a duplicate
-    caption or image) would be broken by chance instead of pessimistically. Only blocks that hold a
-    correct pair are computed (the diagonal ones, when rows are grouped by image)."""
+    """Each text's score with its own image, from the blocks that hold a correct pair (the diagonal ones,
+    when rows are grouped by image)."""
     pos = torch.empty(txt.shape[0], device=img.device)  # (Nt,)
     for i0 in range(0, img.shape[0], chunk_size):
         i1 = min(i0 + chunk_size, img.shape[0])
@@ -85,7 +95,7 @@ def _own_scores(img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor, chunk_s
             own = t2i[t0:t1]  # (bt,)
             cols = ((own >= i0) & (own < i1)).nonzero().view(-1)
             if cols.numel():
-                scores = img[i0:i1] @ txt[t0:t1].T  # (bi, bt)
+                scores = _block(img[i0:i1], txt[t0:t1])  # (bi, bt)
                 pos[t0 + cols] = scores[own[cols] - i0, cols]
     return pos
 

@@ -7,9 +7,10 @@ from cliplab.errors import CliplabError
 from cliplab.eval.retrieval import rank_summary, retrieval_metrics, retrieval_ranks
 
 
-def naive_ranks(img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_ranks(img: torch.Tensor, txt: torch.Tensor, t2i: torch.Tensor,
+                scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Full similarity matrix, one row/column at a time: 1 + wrong candidates scoring >= the correct one."""
-    scores = img @ txt.T  # (Ni, Nt)
+    scores = img @ txt.T if scores is None else scores  # (Ni, Nt)
     i2t = []
     for i in range(img.shape[0]):
         own = t2i == i
@@ -118,3 +119,18 @@ def test_duplicate_captions_and_images_tie_pessimistically(seed):
     assert i2t.tolist() == [2, 2]  # each image's own caption ties with the other's: the worse rank
     _, t2i = retrieval_ranks(img[:1].repeat(2, 1), torch.randn(2, 512, generator=g), torch.tensor([0, 1]))
     assert t2i.tolist() == [2, 2]  # identical images
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_duplicates_tie_whatever_the_chunk_size(seed):
+    """Duplicates in different blocks: a float32 block product would round each copy's score by its place."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(37, 512, generator=g), dim=-1)
+    img[20], img[36] = img[3], img[0]  # duplicate images
+    t2i = torch.arange(37).repeat_interleave(2)
+    txt = torch.nn.functional.normalize(torch.randn(74, 512, generator=g), dim=-1)
+    txt[10], txt[7], txt[41] = txt[50], img[3], img[20]  # a duplicate caption; captions equal to images
+    want = naive_ranks(img, txt, t2i, scores=(img.double() @ txt.double().T).float())  # float64, then rounded
+    for chunk_size in (1, 5, 16, 17, 36, 4096):
+        got = retrieval_ranks(img, txt, t2i, chunk_size=chunk_size)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), chunk_size
