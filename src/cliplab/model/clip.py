@@ -11,6 +11,7 @@ from torch import nn
 
 from cliplab.config import ModelConfig
 from cliplab.errors import CliplabError
+from cliplab.model.hooks import hooks_active
 
 __all__ = ["CLIP", "CLIPOutput"]
 
@@ -66,6 +67,7 @@ class CLIP(nn.Module):
             images = images.to(stem.dtype)  # pixels in the first convolution's dtype (as OpenAI's casts to its own)
         compiled = self.__dict__.get("_compiled_visual")
         if compiled is not None and (torch.is_grad_enabled() or self.visual.training  # BatchNorm: batch statistics
+                                     or hooks_active(self.visual)  # the graph would not call them
                                      or not self._compiled_weights_current()):
             compiled = None
         x = compiled(images) if compiled is not None else self.visual(images)
@@ -97,7 +99,8 @@ class CLIP(nn.Module):
         tower stays eager: it drops padding per batch, which a compiled graph cannot. Weights are read when a
         shape is compiled: a change to them afterwards is detected (as for the bf16 weight cache), and the
         tower then runs eagerly, with a warning, until this is called again. So is a change to its buffers
-        (BatchNorm running statistics), which freezing bakes in too."""
+        (BatchNorm running statistics), which freezing bakes in too. While forward hooks are registered on the
+        tower (or globally) it runs eagerly, so that they are called."""
         import torch._inductor.config as inductor_config
 
         from cliplab.model.cpu_inference import _stamp

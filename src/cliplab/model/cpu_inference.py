@@ -12,9 +12,9 @@ buffers. Two paths, each tested against the plain block:
   bias and the activation applied inside the GEMM. QuickGELU is oneDNN's swish on weights scaled by 1.702:
   ``h·σ(1.702h) = silu(1.702h) / 1.702``, the 1/1.702 going into the next weights. Measured ViT-B/32,
   batch 32: 15-22 % faster. The packed weights are cached on the block (half the fp32 weights' bytes) and
-  packed again after any optimizer step or any detected change to a weight (``_unchanged``). A write that
-  bypasses the version counter (through ``.data`` or a raw fused kernel) to a few elements only is the one
-  change it cannot see; packing per call instead would be slower than the plain path.
+  packed again after an optimizer step on them or any other detected change to a weight (``_unchanged``). A
+  write that bypasses the version counter (through ``.data`` or a raw fused kernel) to a few elements only is
+  the one change it cannot see; packing per call instead would be slower than the plain path.
 """
 
 from __future__ import annotations
@@ -145,17 +145,18 @@ def _packed(block: Block, rows: int) -> dict[str, tuple[torch.Tensor, torch.Tens
 
 
 class _OptimizerSteps:
-    """Counts steps of every torch optimizer in this process. Fused optimizers (``AdamW(fused=True)``, which
-    ``cliplab train`` uses) update weights without bumping their version counters, so the count is what tells
-    a packed-weight cache that its weights may have moved. The hook is registered when the first cache is
-    made (before that there is nothing to invalidate), not when cliplab is imported."""
+    """Makes every torch optimizer step visible in its parameters' version counters. Fused optimizers
+    (``AdamW(fused=True)``, which ``cliplab train`` uses) update weights without bumping them; after this hook
+    a step on a cache's own weights shows there, and a step on any other model's leaves the cache alone. (The
+    counters say a tensor was written in place, which a step does: autograd then also refuses a graph that
+    saved a weight from before the step, as it does after an unfused step.) The hook is registered when the
+    first cache is made (before that there is nothing to invalidate), not when cliplab is imported."""
 
-    count = 0
     _handle = None
 
-    @classmethod
-    def hook(cls, optimizer, args, kwargs) -> None:
-        cls.count += 1
+    @staticmethod
+    def hook(optimizer, args, kwargs) -> None:
+        torch.autograd.graph.increment_version([p for group in optimizer.param_groups for p in group["params"]])
 
     @classmethod
     def watch(cls) -> None:
@@ -170,18 +171,16 @@ def _sample(p: torch.Tensor) -> torch.Tensor:
     return flat[torch.linspace(0, flat.numel() - 1, 16, dtype=torch.long)].clone()
 
 
-def _stamp(params: list[torch.Tensor]) -> tuple:
+def _stamp(params: list[torch.Tensor]) -> list[tuple]:
     _OptimizerSteps.watch()
-    return _OptimizerSteps.count, [(id(p), p.data_ptr(), p._version, _sample(p)) for p in params]
+    return [(id(p), p.data_ptr(), p._version, _sample(p)) for p in params]
 
 
-def _unchanged(stamp: tuple, params: list[torch.Tensor]) -> bool:
+def _unchanged(stamp: list[tuple], params: list[torch.Tensor]) -> bool:
     """The same tensor objects, at the same address (``module.to`` swaps ``.data``), not written in place
-    (version counter), no optimizer step since, and the same sampled values. Objects are told by ``id``, not
-    weak references, which would stop ``torch.utils.swap_tensors`` (``.to`` and ``load_state_dict`` under
-    ``torch.__future__.set_swap_module_params_on_conversion``); a new tensor that reused a freed one's id and
-    address would also need its version and sampled values to match."""
-    steps, marks = stamp
-    return steps == _OptimizerSteps.count and all(
-        ident == id(p) and ptr == p.data_ptr() and v == p._version and torch.equal(sample, _sample(p))
-        for (ident, ptr, v, sample), p in zip(marks, params, strict=True))
+    (version counter; an optimizer step on them included) and the same sampled values. Objects are told by
+    ``id``, not weak references, which would stop ``torch.utils.swap_tensors`` (``.to`` and ``load_state_dict``
+    under ``torch.__future__.set_swap_module_params_on_conversion``); a new tensor that reused a freed one's id
+    and address would also need its version and sampled values to match."""
+    return all(ident == id(p) and ptr == p.data_ptr() and v == p._version and torch.equal(sample, _sample(p))
+               for (ident, ptr, v, sample), p in zip(stamp, params, strict=True))

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cliplab.model.cpu_inference import inference_path
+from cliplab.model.hooks import hooks_active
 
 __all__ = ["MLP", "Attention", "Block", "QuickGELU", "Transformer", "activation"]
 
@@ -108,9 +109,10 @@ class MLP(nn.Module):
         self.act = activation(act)
         self.proj = nn.Linear(hidden, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
+        """``plain``: the activation out of place, a call of ``act`` (see :func:`plain_forward`)."""
         h = self.fc(x)  # (..., hidden)
-        if (torch.is_grad_enabled() and h.requires_grad) or _exporting():
+        if plain or (torch.is_grad_enabled() and h.requires_grad) or _exporting():
             return self.proj(self.act(h))
         return self.proj(_activate_inplace(self.act, h))
 
@@ -135,14 +137,18 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, round(width * mlp_ratio), act)  # round: 56 * (115 / 56) is 114.99...
 
-    def forward(self, x: torch.Tensor, causal: bool = False, workspace: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, workspace: dict | None = None,
+                plain: bool | None = None) -> torch.Tensor:
         """``workspace``: buffers that the CPU inference path may reuse across the blocks of one stack (the
-        output may then live in one of them, so pass a dict only where the next block consumes the output)."""
-        fast = inference_path(self, x)
+        output may then live in one of them, so pass a dict only where the next block consumes the output).
+        ``plain``: run as a plain PyTorch block (see :func:`plain_forward`); None: decide here."""
+        if plain is None:
+            plain = plain_forward(self, x)
+        fast = None if plain else inference_path(self, x)
         if fast is not None:
             return fast(self, x, causal, workspace)
-        x = _residual(x, self.attn(self.ln_1(x), causal=causal))
-        return _residual(x, self.mlp(self.ln_2(x)))
+        x = _residual(x, self.attn(self.ln_1(x), causal=causal), plain)
+        return _residual(x, self.mlp(self.ln_2(x), plain=plain), plain)
 
     def forward_row(self, x: torch.Tensor, row: torch.Tensor, causal: bool = False) -> torch.Tensor:
         """``forward(x)[arange(B), row]`` (B, C) without computing the other positions' outputs."""
@@ -156,10 +162,23 @@ class Block(nn.Module):
         return state
 
 
-def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+def _residual(x: torch.Tensor, branch: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """``x + branch``, written into the branch's fresh output when the dtypes agree (no new allocation; autograd
-    keeps no GEMM output). Under autocast the branch is low precision and the sum stays in x's."""
-    return branch.add_(x) if branch.dtype == x.dtype and branch.shape == x.shape else x + branch
+    keeps no GEMM output), unless ``plain`` (a hook may hold that output). Under autocast the branch is low
+    precision and the sum stays in x's."""
+    if plain or branch.dtype != x.dtype or branch.shape != x.shape:
+        return x + branch
+    return branch.add_(x)
+
+
+def plain_forward(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` must run as a plain PyTorch model: forward hooks watch it (they must see every
+    sub-module called, with outputs that nothing writes over afterwards) or ``x`` is wrapped by ``torch.func``
+    (``vmap`` has no batching rule for ``out=`` or in-place activations). Not under torch.compile or export,
+    which trace their own graph."""
+    if torch.compiler.is_compiling():
+        return False
+    return (torch._C._functorch.is_functorch_wrapped_tensor(x) or hooks_active(module)) and not _exporting()
 
 
 class Transformer(nn.Module):
@@ -173,17 +192,21 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = False, row: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C) → (B, T, C); with ``row`` (B,), only the output at that position of each sample, (B, C):
-        the last block then skips the query, output projection and MLP of every other position (exact)."""
-        workspace = {}  # buffers the blocks' inference path reuses; the last output may live in one
+        the last block then skips the query, output projection and MLP of every other position (exact), unless
+        hooks watch the stack (see :func:`plain_forward`)."""
+        plain = plain_forward(self, x)
+        workspace = None if plain else {}  # buffers the blocks' inference path reuses; the last output may live in one
         for i, block in enumerate(self.blocks):
-            if row is not None and i == len(self.blocks) - 1:
-                fn, args = block.forward_row, (x, row, causal)
+            if row is not None and i == len(self.blocks) - 1 and not plain:
+                fn, args, kwargs = block.forward_row, (x, row, causal), {}
             else:
-                fn, args = block, (x, causal, workspace)
+                fn, args, kwargs = block, (x, causal, workspace), {"plain": plain}
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(fn, *args, use_reentrant=False)
+                x = checkpoint(fn, *args, use_reentrant=False, **kwargs)
             else:
-                x = fn(*args)
+                x = fn(*args, **kwargs)
+        if row is not None and plain:
+            x = x[torch.arange(x.shape[0], device=x.device), row]  # (B, C)
         return x
 
     def init_weights(self) -> None:

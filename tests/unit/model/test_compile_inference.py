@@ -72,3 +72,51 @@ def test_resnet_buffers_changed_after_compiling_are_noticed_and_train_mode_runs_
         with pytest.warns(CliplabWarning, match="weights or buffers changed after compile_for_inference"):
             got = model.encode_image(images)
         torch.testing.assert_close(got, model.visual(images))
+
+
+def _fake_compiled(model):
+    """The compiled tower replaced by a recording stand-in (compiling takes seconds): which tower ran."""
+    calls = []
+    model.compile_for_inference()  # stamps the weights; torch.compile itself compiles on the first call only
+    model.__dict__["_compiled_visual"] = lambda images: calls.append(1) or model.visual(images)
+    return calls
+
+
+def test_a_step_of_another_models_optimizer_keeps_the_compiled_tower():
+    import warnings
+
+    import pytest
+
+    from cliplab.errors import CliplabWarning
+
+    model = create_model("ViT-Tiny-32px").eval()
+    calls = _fake_compiled(model)
+    images = torch.randn(2, 3, 32, 32)
+    probe = torch.nn.Linear(4, 2)
+    for fused in (False, True):
+        opt = torch.optim.AdamW(probe.parameters(), lr=0.1, fused=fused)
+        probe(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.encode_image(images)
+    assert calls == [1]
+    opt = torch.optim.AdamW(model.visual.parameters(), lr=0.1, fused=True)  # a step on the tower's own weights
+    model.encode_image(images).sum().backward()
+    opt.step()
+    with torch.no_grad(), pytest.warns(CliplabWarning, match="weights or buffers changed"):
+        model.encode_image(images)
+    assert calls == [1] and "_compiled_visual" not in model.__dict__
+
+
+def test_forward_hooks_run_the_eager_tower_and_keep_the_compiled_one():
+    model = create_model("ViT-Tiny-32px").eval()
+    calls = _fake_compiled(model)
+    seen = []
+    handle = model.visual.transformer.blocks[0].register_forward_hook(lambda *a: seen.append(1))
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 32, 32))
+        assert seen == [1] and calls == []
+        handle.remove()
+        model.encode_image(torch.randn(2, 3, 32, 32))
+    assert seen == [1] and calls == [1]
