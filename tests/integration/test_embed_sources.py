@@ -96,6 +96,45 @@ def test_texts_are_embedded_once(world, capsys):
     assert "--csv-caption-key" in capsys.readouterr().err
 
 
+def test_a_text_store_holds_each_text_once_however_it_was_built(world, tmp_path, capsys):
+    root, _ = world
+    texts = tmp_path / "t.txt"
+    args = ["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "imgs"), "--texts", str(texts)]
+    texts.write_text("a cat\na dog\na cat\n")
+    assert main([*args, "--output", str(tmp_path / "resumed")]) == 0
+    assert "embedded 2 text(s)" in capsys.readouterr().out
+    texts.write_text("a cat\na dog\na cat\na bird\na cat\n")
+    assert main([*args, "--output", str(tmp_path / "resumed")]) == 0
+    assert "embedded 1 text(s)" in capsys.readouterr().out
+    assert main([*args, "--output", str(tmp_path / "fresh")]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 3 text(s)" in out and "2 repeated line(s) counted once" in out
+    for store in ("resumed", "fresh"):
+        assert _column(EmbeddingStore(tmp_path / store / "texts"), "caption") == ["a cat", "a dog", "a bird"]
+
+
+def test_every_skipped_item_is_listed_in_the_store(world, tmp_path, capsys):
+    root, files = world
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in files[:2]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    for i in range(25):  # more than are named on stderr
+        (folder / f"bad{i:02d}.png").write_bytes(b"not a png")
+    args = ["embed", "--checkpoint", str(root / "ckpt"), "--images", str(folder), "--output", str(tmp_path / "s")]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    listing = tmp_path / "s" / "skipped.jsonl"
+    assert f"skipped 25 unreadable or unusable (listed in {listing})" in out.out and "... and 5 more" in out.err
+    rows = [json.loads(line) for line in listing.read_text().splitlines()]
+    assert sorted(r["source"] for r in rows) == [str(folder / f"bad{i:02d}.png") for i in range(25)]
+    assert all("unreadable image" in r["reason"] for r in rows)
+    for i in range(25):  # mended: the resumed run embeds them, and skips nothing
+        (folder / f"bad{i:02d}.png").write_bytes(files[2].read_bytes())
+    assert main(args) == 0
+    assert "skipped 0 unreadable or unusable\n" in capsys.readouterr().out and not listing.exists()
+
+
 def test_torchrun_two_ranks_embed_each_item_once(world):
     root, _ = world
     out = root / "ddp-store"

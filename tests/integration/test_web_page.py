@@ -67,6 +67,7 @@ def test_page_search_and_classify(server, tmp_path):
         hits = page.locator("#results .hit")
         assert hits.count() >= 10
         assert page.locator("#results .hit img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert "?v=" in page.locator("#results .hit img").first.get_attribute("src")  # the store's version
         page.set_input_files("#cls-file", str(query_image))
         page.fill("#labels", "red, blue, green")
         page.click("#cls-btn")
@@ -79,6 +80,15 @@ def test_page_search_and_classify(server, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000
+
+
+def test_head_of_the_page_and_a_thumbnail(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as c:
+        thumb = c.get("/search", params={"q": "a red circle", "k": 1}).json()["results"][0]["url"]
+        for path, kind in (("/", "text/html"), (thumb, "image/jpeg")):
+            r = c.head(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(kind) and r.content == b""
 
 
 def test_load_on_loopback(server):

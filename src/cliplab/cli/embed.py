@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from cliplab.cli.args import count
+
+SKIPPED = "skipped.jsonl"  # in the store: every item the last run skipped, with its source and reason
+_SHOWN = 20  # skipped items also named on stderr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _texts(path: str, key: str | None, sep: str) -> list[str]:
-    from pathlib import Path
-
+def _texts(path: str, key: str | None, sep: str) -> tuple[list[str], int]:
+    """The distinct texts of a .txt file (one per line) or a CSV column, in first-seen order, and how many
+    repeats were dropped: a store of texts holds each once, whether it is built in one run or several."""
     from cliplab.data.csv import read_rows
     from cliplab.errors import CliplabError
 
@@ -48,11 +53,14 @@ def _texts(path: str, key: str | None, sep: str) -> list[str]:
                 texts.append(text)
             else:  # the store holds UTF-8 text only
                 print(f"skipped {src}:{line}: caption is not valid UTF-8", file=sys.stderr)
-        return [t for t in texts if t.strip()]
-    try:
-        return [line.strip() for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise CliplabError(f"{src}: cannot read texts ({err})") from None
+        texts = [t for t in texts if t.strip()]
+    else:
+        try:
+            texts = [line.strip() for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise CliplabError(f"{src}: cannot read texts ({err})") from None
+    distinct = list(dict.fromkeys(texts))
+    return distinct, len(texts) - len(distinct)
 
 
 def _is_utf8(text: str) -> bool:
@@ -124,7 +132,7 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         model, cfg, root = load_model(args.checkpoint, device=device)
         items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
-        texts = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts else None
+        texts, repeats = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts else (None, 0)
         autocast(device, args.precision)  # refuses fp16 without CUDA before the store exists
         made_by = {"model_id": model_id(args.checkpoint), "weights": weights_fingerprint(model)}
     except Exception as err:  # every process must hear of it; _agree re-raises it here
@@ -148,13 +156,11 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
                               rank=rank, world_size=world, progress=rank == 0, snapshot_taken=barrier)
     embedded, already, skipped, seconds = _gathered(report, world)
     if rank == 0:
-        for bad in skipped[:20]:
-            print(f"skipped {bad.source}: {bad.reason}", file=sys.stderr)
-        if len(skipped) > 20:
-            print(f"... and {len(skipped) - 20} more", file=sys.stderr)
+        _report_skipped(skipped, store.path)
         rate = embedded / seconds if seconds else 0.0
+        listed = f" (listed in {store.path / SKIPPED})" if skipped else ""
         print(f"embedded {embedded} image(s) ({rate:.1f} img/s), {already} already in the store, skipped "
-              f"{len(skipped)} unreadable or unusable")
+              f"{len(skipped)} unreadable or unusable{listed}")
     if texts is not None and rank == 0:
         import numpy as np
 
@@ -165,5 +171,23 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
         if todo:
             vecs = embed_texts(todo, model, get_tokenizer(cfg.tokenizer, root=root), precision=args.precision)
             tstore.append_part(np.asarray(vecs), [{"path": None, "caption": t} for t in todo])
-        print(f"embedded {len(todo)} text(s) into {tstore.path}")
+        dropped = f", {repeats} repeated line(s) counted once" if repeats else ""
+        print(f"embedded {len(todo)} text(s) into {tstore.path}, {len(texts) - len(todo)} already there{dropped}")
     return 0
+
+
+def _report_skipped(skipped: list[Any], store: Path) -> None:
+    """The first few skipped items on stderr; all of them, with their sources and reasons, in STORE/skipped.jsonl.
+    Every run retries what is not yet stored, so the file lists what this run skipped: it replaces the last
+    run's, and goes when nothing was skipped."""
+    from cliplab.fileio import write_text
+
+    for bad in skipped[:_SHOWN]:
+        print(f"skipped {bad.source}: {bad.reason}", file=sys.stderr)
+    if len(skipped) > _SHOWN:
+        print(f"... and {len(skipped) - _SHOWN} more", file=sys.stderr)
+    if skipped:
+        write_text(store / SKIPPED, "".join(json.dumps({"source": b.source, "reason": b.reason}) + "\n"
+                                            for b in skipped))
+    else:
+        (store / SKIPPED).unlink(missing_ok=True)

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.query is None) == (args.image is None):
         raise CliplabError("give either a text query or --image (not both)")
+    if args.query is not None and not args.query.strip():
+        raise CliplabError("the text query is empty")
     if args.k < 1:
         raise CliplabError("-k must be at least 1")
     store = EmbeddingStore(args.store)

@@ -130,7 +130,7 @@ def _shard_items(pattern: str) -> list[dict[str, Any]]:
             def text(name: str, fh=fh, members=members) -> str | None:
                 offset, size = members[name]
                 fh.seek(offset)
-                raw = fh.read(size).decode("utf-8", errors="replace")
+                raw = fh.read(size).decode("utf-8", errors="surrogateescape")  # not UTF-8: _item skips it
                 if name.endswith(".json"):
                     try:
                         obj = json.loads(raw)
@@ -175,16 +175,18 @@ def _not_stored(items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]
     table = store.metadata()
     captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(table)
     stored = Counter(zip(table.column("path").to_pylist(), captions, strict=True))
-    todo = []
-    for item in items:
-        key = (item["path"], item["caption"])
-        if stored[key] <= 0 and stored:  # stores made before symlinks kept their names hold resolved paths
-            key = (os.path.realpath(item["path"]), item["caption"])
-        if stored[key] > 0:
-            stored[key] -= 1
-        else:
-            todo.append(item)
-    return todo
+    unmatched = [item for item in items if not _take(stored, (item["path"], item["caption"]))]
+    # Stores made before symlinks kept their names hold resolved paths. That match comes second, once every
+    # item had its own: else a link listed before its target would take the target's row.
+    return [item for item in unmatched if not _take(stored, (os.path.realpath(item["path"]), item["caption"]))]
+
+
+def _take(stored: Counter, key: tuple[str, str | None]) -> bool:
+    """Count one stored row of ``key`` as matched, if one is left."""
+    if stored[key] <= 0:
+        return False
+    stored[key] -= 1
+    return True
 
 
 def _folder_items(folder: Path) -> list[dict[str, Any]]:
@@ -208,12 +210,19 @@ def _folder_items(folder: Path) -> list[dict[str, Any]]:
 
 
 def _csv_items(src: Path, img_key: str, caption_key: str | None, sep: str) -> list[dict[str, Any]]:
-    """A CSV's rows as items, by absolute path (relative ones are relative to the CSV's folder)."""
+    """A CSV's rows as items, by absolute path (relative ones are relative to the CSV's folder). Each names
+    its row (``file.csv:LINE``) as its source, so that an image it cannot give is reported by the row."""
     from cliplab.data.csv import read_rows
 
     rows, lines = read_rows(src, [img_key] + ([caption_key] if caption_key else []), sep)
-    return [_item(os.path.abspath(src.parent / r[0]), r[1] if caption_key else None, f"{src}:{line}")
-            for r, line in zip(rows, lines, strict=True)]
+    items = []
+    for row, line in zip(rows, lines, strict=True):
+        source = f"{src}:{line}"
+        item = _item(os.path.abspath(src.parent / row[0]), row[1] if caption_key else None, source)
+        if not row[0].strip():  # else the CSV's own folder, reported as an unreadable image
+            item["skip"] = f"empty {img_key} cell"
+        items.append({**item, "source": source})
+    return items
 
 
 def list_items(source: str | os.PathLike[str], img_key: str = "filepath", caption_key: str | None = None,
@@ -221,7 +230,8 @@ def list_items(source: str | os.PathLike[str], img_key: str = "filepath", captio
     """The images of a folder, CSV or tar shards as ``{"path", "caption"}`` records, in a stable order.
 
     A record that cannot be embedded also holds ``"skip"`` (why) and ``"source"`` (the file or CSV row): a
-    name or caption that is not UTF-8, or a second name for a file of the folder. :func:`embed_collection`
+    name or caption that is not UTF-8, a CSV row without a path, or a second name for a file of the folder.
+    A CSV's records all hold ``"source"``, the row an unreadable image is then reported by. :func:`embed_collection`
     lists and counts those with the unreadable images.
     """
     from cliplab.data.folder import IMAGE_EXTENSIONS
@@ -252,14 +262,17 @@ class _ImageItems(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int] | BadSample:
         path = self.items[i]["path"]
+        where = f"{self.items[i]['source']} ({path})" if "source" in self.items[i] else path  # a CSV row
+        if os.path.isdir(path):  # a CSV row naming a folder (".", say)
+            return BadSample(where, "a folder, not an image")
         try:
             image = read_item_image(path)
             return self.preprocess(image), i, image.width, image.height
         except FileNotFoundError:
-            return BadSample(path, "file not found")
+            return BadSample(where, "file not found")
         except (CliplabError, OSError, ValueError, SyntaxError) as err:  # Pillow's parsers raise SyntaxError too
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return BadSample(path, reason.removeprefix(f"{path}: "))  # the source is named once, not twice
+            return BadSample(where, reason.removeprefix(f"{path}: "))  # the path is named once, not twice
 
 
 def _collate(batch: list) -> tuple[torch.Tensor | None, list[tuple[int, int, int]], list[BadSample]]:

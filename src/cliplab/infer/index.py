@@ -72,15 +72,22 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> SearchIndex:
+        """The saved index; a one-line error naming the file (index or sidecar) that cannot be read."""
         faiss = _faiss()
         folder = Path(folder)
         try:
             info = json.loads((folder / SIDECAR).read_text())
+        except (OSError, ValueError) as err:
+            raise CliplabError(f"{folder / SIDECAR}: unreadable index sidecar ({str(err).splitlines()[0]})") from None
+        if not isinstance(info, dict):
+            raise CliplabError(f"{folder / SIDECAR}: unreadable index sidecar (expected a JSON object)")
+        if not (folder / INDEX_FILE).is_file():
+            raise CliplabError(f"{folder / INDEX_FILE}: missing (its sidecar {SIDECAR} is there)")
+        try:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except (OSError, ValueError, RuntimeError) as err:
-            raise CliplabError(f"{folder / INDEX_FILE}: unreadable index ({str(err).splitlines()[0]})") from None
-        if not isinstance(info, dict):
-            raise CliplabError(f"{folder / SIDECAR}: expected a JSON object (rebuild with cliplab index)")
+            reason = str(err).splitlines()[0].rsplit("Error: ", 1)[-1]  # faiss's own: after its C++ location
+            raise CliplabError(f"{folder / INDEX_FILE}: unreadable index ({reason})") from None
         if info.get("kind") != _kind_of(index):  # another index's sidecar (a save cut short): stale, not trusted
             info = {"kind": _kind_of(index), "count": index.ntotal, "dim": index.d, "store_fingerprint": None}
         _set_breadth(index, info, folder / SIDECAR)
@@ -102,7 +109,7 @@ def _set_breadth(index: Any, info: dict[str, Any], sidecar: Path) -> None:
         if "efSearch" in info and hasattr(index, "hnsw"):
             index.hnsw.efSearch = int(info["efSearch"])
     except (TypeError, ValueError) as err:
-        raise CliplabError(f"{sidecar}: bad search breadth ({err}); rebuild with cliplab index") from None
+        raise CliplabError(f"{sidecar}: bad search breadth ({err})") from None
 
 
 class _RecallProbe:
@@ -182,22 +189,32 @@ def build_index(vectors: np.ndarray, kind: str = "flat", *, fingerprint: str | N
 
 
 def load_or_build_index(store: Any, kind: str | None = None) -> SearchIndex:
-    """The store's saved index if it is current (and of ``kind``), else a new one (saved beside the store)."""
+    """The store's saved index if it is current (and of ``kind``), else a new one (saved beside the store).
+    An index that cannot be read is rebuilt too, with a note: it is derived from the store alone."""
     folder = Path(store.path)
     if (folder / SIDECAR).exists():
-        idx = SearchIndex.load(folder)
-        if idx.info.get("store_fingerprint") == store.fingerprint() and kind in (None, idx.info.get("kind")):
-            return idx
+        try:
+            idx = SearchIndex.load(folder)
+        except CliplabError as err:
+            _note(f"{err}; rebuilding it")
+        else:
+            if idx.info.get("store_fingerprint") == store.fingerprint() and kind in (None, idx.info.get("kind")):
+                return idx
     if kind is None:
         kind = "flat" if len(store) < 100_000 else "hnsw"
     idx = build_index(store.vectors(), kind, fingerprint=store.fingerprint())
     try:
         idx.save(folder)
     except OSError as err:  # a read-only or full store folder: the query itself needs no disk
-        import warnings
-
-        from cliplab.errors import CliplabWarning
-
-        warnings.warn(f"{err.filename or folder}: cannot save the index ({err.strerror or err}); searching with "
-                      "one built in memory", CliplabWarning, stacklevel=2)
+        _note(f"{err.filename or folder}: cannot save the index ({err.strerror or err}); searching with one built "
+              "in memory")
     return idx
+
+
+def _note(message: str) -> None:
+    """A one-line note (``cliplab`` prints it as ``note: ...``)."""
+    import warnings
+
+    from cliplab.errors import CliplabWarning
+
+    warnings.warn(message, CliplabWarning, stacklevel=3)

@@ -67,6 +67,8 @@ class _Service:
             self.store.check_model(self.model, str(checkpoint))
         self.checkpoint = str(checkpoint)
         self.metadata = self.store.metadata().to_pylist() if self.store is not None else []
+        # ids are positions, the same in a rebuilt or another store: image URLs carry the store's version
+        self.version = self.store.fingerprint() if self.store is not None else ""
 
     # -- helpers ------------------------------------------------------------------------------
     def pixels(self, data: bytes, name: str) -> torch.Tensor:
@@ -110,7 +112,7 @@ class _Service:
             hit = {"id": int(i), "score": round(float(score), 6), "path": meta.get("path"),
                    "caption": meta.get("caption")}
             if meta.get("path") is not None:  # a store of texts has no images to show
-                hit["url"] = f"/images/{int(i)}"
+                hit["url"] = f"/images/{int(i)}?v={self.version}"
             results.append(hit)
         return results
 
@@ -133,7 +135,10 @@ class _BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and not length.isdigit():
+            return await JSONResponse({"error": "Content-Length is not a number"}, status_code=400)(
+                scope, receive, send)
+        if length is not None and int(length) > self.limit:
             return await self._refuse(scope, receive, send)
         seen = 0
 
@@ -149,6 +154,22 @@ class _BodyLimit:
 
     async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
         await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
+
+
+class _HostGuard:
+    """Answers only requests whose Host header (without its port) is one of ``hosts``; others get a JSON 400."""
+
+    def __init__(self, app: Any, hosts: list[str]) -> None:
+        self.app, self.hosts = app, {h.lower() for h in hosts}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            value = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
+            host = value[: value.find("]") + 1] if value.startswith("[") else value.rsplit(":", 1)[0]
+            if host not in self.hosts:
+                error = f"Host {value or '(none)'}: this server answers to {', '.join(sorted(self.hosts))} only"
+                return await JSONResponse({"error": error}, status_code=400)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _rgb_for_jpeg(img: Any) -> Any:
@@ -187,13 +208,11 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
                device: str = "cpu", allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app; ``allowed_hosts`` (Host header values, without port) guards a loopback server against DNS
     rebinding: a web page on another domain then cannot read its answers."""
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-
     limits = limits or ServeLimits()
     svc = _Service(store, checkpoint, limits, device)
     app = FastAPI(title="cliplab", description="Search, classify and embed with CLIP.", version="1")
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+        app.add_middleware(_HostGuard, hosts=allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -211,7 +230,7 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index_page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
@@ -220,7 +239,9 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
         return {"status": "ok", "items": len(svc.metadata), "checkpoint": svc.checkpoint}
 
     @app.get("/search")
-    def search_text(q: Annotated[str, Query(min_length=1)], k: int = 10) -> dict[str, Any]:
+    def search_text(q: Annotated[str, Query()], k: int = 10) -> dict[str, Any]:
+        if not q.strip():
+            raise ApiError(422, "q: the query is empty")
         if len(q) > limits.max_query_chars:
             raise ApiError(422, f"q: at most {limits.max_query_chars} characters")
         return {"query": q, "results": svc.search(svc.encode_text([q]), svc.check_k(k))}
@@ -289,16 +310,24 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
             return {"kind": "image", "embeddings": (await run_in_threadpool(svc.encode_images, uploads)).tolist()}
         raise ApiError(415, "send JSON {\"texts\": [...]} or multipart images")
 
-    @app.get("/images/{item_id}")
-    def thumbnail(item_id: int) -> Response:
+    @app.api_route("/images/{item_id}", methods=["GET", "HEAD"])
+    def thumbnail(item_id: int, request: Request, v: str | None = None) -> Response:
+        """An item's thumbnail. Its URL carries the store's version (``?v=``), so a browser's cached copy
+        never stands for the item of that id in another store; without it the ETag says the same."""
         from cliplab.errors import CliplabError
         from cliplab.infer.embed import read_item_image
 
+        if v is not None and v != svc.version:
+            raise ApiError(404, f"item {item_id} is of another version of the store; search again")
         if not 0 <= item_id < len(svc.metadata):
             raise ApiError(404, f"no indexed item {item_id}")
         path = svc.metadata[item_id].get("path")
         if path is None:
             raise ApiError(404, f"item {item_id} is a text, not an image")
+        headers = {"ETag": f'"{svc.version}-{item_id}"',
+                   "Cache-Control": "max-age=3600" if v is not None else "no-cache"}  # no-cache: revalidate
+        if headers["ETag"] in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
         try:
             img = read_item_image(path, max_pixels=limits.max_image_pixels)
             img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
@@ -306,6 +335,6 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
             _rgb_for_jpeg(img).save(buf, format="JPEG", quality=85)
         except (CliplabError, OSError, ValueError, SyntaxError):
             raise ApiError(404, f"item {item_id}: image no longer readable") from None
-        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return Response(buf.getvalue(), media_type="image/jpeg", headers=headers)
 
     return app

@@ -112,3 +112,42 @@ def test_an_empty_folder_and_a_single_image_are_one_line_errors(tmp_path):
     (tmp_path / "head.csv").write_text("filepath\n")
     with pytest.raises(CliplabError, match=r"head\.csv: no images found"):
         list_items(tmp_path / "head.csv")
+
+
+def test_a_link_listed_before_its_target_in_a_csv_resumes_as_a_row_of_its_own(tmp_path, model):
+    """The fallback match by resolved path (for stores of resolved paths) comes after every exact match."""
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png", (0, 255, 0))
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("filepath\na.png\nb.png\n")
+    _embed(model, list_items(tmp_path / "d.csv"), tmp_path / "s")
+    (tmp_path / "d.csv").write_text("filepath\nlink.png\na.png\nb.png\n")  # a row added at the top
+    report, store = _embed(model, list_items(tmp_path / "d.csv"), tmp_path / "s")
+    assert report.embedded == 1 and report.already_done == 2
+    assert store.metadata().column("path").to_pylist() == [str(tmp_path / n) for n in ("a.png", "b.png", "link.png")]
+
+
+def test_a_shard_caption_that_is_not_utf8_skips_its_image(tmp_path, model):
+    from tests.helpers import write_tar
+
+    png = (_png(tmp_path / "x.png")).read_bytes()
+    shard = write_tar(tmp_path / "shard.tar", {"a.png": png, "a.txt": b"caf\xe9 noir", "b.png": png,
+                                               "b.txt": b"a red square"})
+    items = list_items(shard)
+    assert [i.get("skip") for i in items] == ["caption is not valid UTF-8", None]
+    assert items[0]["source"] == f"{tmp_path / 'shard'}.tar#a.png"
+    report, store = _embed(model, items, tmp_path / "s")
+    assert report.embedded == 1 and [b.source for b in report.skipped] == [items[0]["source"]]
+    assert store.metadata().column("caption").to_pylist() == ["a red square"]
+
+
+def test_bad_csv_rows_are_named_by_their_row(tmp_path, model):
+    _png(tmp_path / "ok.png")
+    csv = tmp_path / "d.csv"
+    csv.write_text("filepath,title\n,a\nok.png,b\n.,c\nnope.png,d\n")
+    report, store = _embed(model, list_items(csv, caption_key="title"), tmp_path / "s")
+    assert report.embedded == 1 and len(store) == 1
+    assert [(b.source, b.reason) for b in report.skipped] == [
+        (f"{csv}:2", "empty filepath cell"),
+        (f"{csv}:4 ({tmp_path})", "a folder, not an image"),
+        (f"{csv}:5 ({tmp_path / 'nope.png'})", "file not found")]

@@ -106,3 +106,23 @@ def test_a_bad_breadth_in_the_sidecar_is_a_one_line_error(tmp_path):
     (tmp_path / SIDECAR).write_text(json.dumps({**info, "nprobe": "many"}))
     with pytest.raises(CliplabError, match="bad search breadth"):
         SearchIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage,named", [
+    (lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]), "index.faiss"),  # truncated
+    (lambda d: (d / "index.faiss").unlink(), "index.faiss"),
+    (lambda d: (d / SIDECAR).write_text('{"kind": "flat"'), SIDECAR),
+    (lambda d: (d / SIDECAR).write_text("[]"), SIDECAR),
+])
+def test_an_unreadable_index_is_rebuilt_with_a_note_naming_the_file(tmp_path, damage, named):
+    from cliplab.errors import CliplabWarning
+
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(30), _rows(30))
+    load_or_build_index(store)
+    damage(tmp_path / "s")
+    with pytest.warns(CliplabWarning, match=rf"s/{named}: .*; rebuilding it") as notes:
+        idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    assert len(notes) == 1 and "\n" not in str(notes[0].message)
+    assert idx.search(_unit(1, seed=5), 3)[1].shape == (1, 3)
+    assert SearchIndex.load(tmp_path / "s").info["store_fingerprint"] == store.fingerprint()  # saved again
