@@ -96,25 +96,33 @@ def zero_shot_classifier(
     """Class weights (D, C), float32 on ``device``: per class, the re-normalised mean of normalised prompts.
 
     Prompts are embedded ``batch_size`` at a time, texts of like lengths together, and summed per class as
-    they come, so memory stays at (C, D) however many templates there are.
+    they come, so memory stays at (C, D) however many templates there are. Each distinct prompt is embedded
+    once: a class name listed twice (ImageNet's "missile") gets a copy of the same column, bit for bit, so
+    the two tie whatever the batching, and a template listed twice counts twice without a second pass.
     """
     classnames = list(classnames)
     if not classnames:
         raise CliplabError("classnames: the list is empty")
     templates = resolve_templates(templates)
-    prompts = [t.format(name) for name in classnames for t in templates]  # class-major
-    classes = torch.arange(len(classnames)).repeat_interleave(len(templates))  # (P,): each prompt's class
+    names = list(dict.fromkeys(classnames))
+    distinct = list(dict.fromkeys(templates))
+    prompts = [t.format(name) for name in names for t in distinct]  # class-major
+    classes = torch.arange(len(names)).repeat_interleave(len(distinct))  # (P,): each prompt's class
+    repeats = torch.tensor([float(templates.count(t)) for t in distinct]).repeat(len(names))  # (P,)
     sums: torch.Tensor | None = None
     window = 64 * batch_size  # prompts tokenised at a time, then embedded in batches of like lengths
     for start in range(0, len(prompts), window):
-        tokens = _tokenize(tokenizer, prompts[start : start + window], classnames, classes[start:])  # (W, L)
+        tokens = _tokenize(tokenizer, prompts[start : start + window], names, classes[start:])  # (W, L)
         for rows in batches_by_length(tokens, batch_size):
             emb = F.normalize(model.encode_text(tokens[rows].to(device)).float(), dim=-1)  # (B, D)
             if sums is None:
-                sums = torch.zeros(len(classnames), emb.shape[1], device=emb.device)  # (C, D)
+                sums = torch.zeros(len(names), emb.shape[1], device=emb.device)  # (C', D)
+            emb = emb * repeats[start + rows, None].to(emb.device)
             sums.index_add_(0, classes[start + rows].to(emb.device), emb)
     assert sums is not None
-    weights = F.normalize(sums / len(templates), dim=-1)  # (C, D)
+    weights = F.normalize(sums / len(templates), dim=-1)  # (C', D)
+    column = {name: i for i, name in enumerate(names)}
+    weights = weights[torch.tensor([column[name] for name in classnames], device=weights.device)]  # (C, D)
     return weights.T.contiguous().to(device)  # (D, C)
 
 

@@ -196,3 +196,28 @@ def test_a_class_name_too_long_for_the_context_is_named():
     with pytest.raises(CliplabError, match=r"^class 'a very very .*\.\.\.': text .* more than the context "
                                            r"length 32; give it a shorter name \(--classnames\)$"):
         zero_shot_classifier(model, get_tokenizer(TokenizerConfig(context_length=32)), names, ["a photo of a {}."])
+
+
+class BatchShapedEncoder(ToyEncoder):
+    """Like a real text tower, the embedding of a text depends (in its last bits) on the batch it is in."""
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        emb = super().encode_text(tokens)
+        return emb * (1 + 1e-4 * torch.arange(len(tokens)))[:, None]  # (N, D)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 256])
+def test_a_duplicated_class_name_gets_the_same_column_and_is_embedded_once(batch_size):
+    model = BatchShapedEncoder(TABLE)
+    w = zero_shot_classifier(model, TableTokenizer(PROMPTS), ["cat", "dog", "cat"], ["a {}", "the {}"],
+                             batch_size=batch_size)
+    assert torch.equal(w[:, 0], w[:, 2])  # so the two tie pessimistically in every batching
+    assert sum(model.text_batches) == 4  # each distinct prompt once
+
+
+def test_a_repeated_template_counts_twice_but_is_embedded_once():
+    model = ToyEncoder(TABLE)
+    w = zero_shot_classifier(model, TableTokenizer(PROMPTS), ["cat", "dog"], ["a {}", "the {}", "a {}"])
+    assert sum(model.text_batches) == 4
+    unit = torch.nn.functional.normalize(TABLE, dim=-1)  # rows: a cat, the cat, a dog, the dog
+    torch.testing.assert_close(w, torch.nn.functional.normalize(2 * unit[[0, 2]] + unit[[1, 3]], dim=-1).T)
