@@ -1,15 +1,17 @@
 """Labelled image datasets for zero-shot evaluation and linear probes.
 
-* :class:`ClassFolderDataset`: ``root/<class>/<image>``; classes are the sub-folder names in sorted order.
+* :class:`ClassFolderDataset`: ``root/<class>/<image>``; classes are the sub-folder names in sorted order,
+  numeric order when every one is a number (``0, 1, 2, ..., 10``: ImageNet exported by class index).
 * :class:`LabelCsvDataset`: a CSV with an image-path column and a label column. Labels are class indices
   (integers) or class names; relative paths are resolved against the CSV's folder.
 * :class:`ImageListDataset`: images by path, each naming where it was listed (``file.csv:row``), for retrieval.
 
 The first two yield ``(transform(image), label)``, the third ``transform(image)``. ``classnames`` (a list in
 class order, or a mapping from folder / label name to display name) renames the classes, e.g. WordNet ids to
-readable names. An unreadable image raises a one-line :class:`~cliplab.errors.CliplabError` naming the file:
-evaluation does not skip data. So does a CSV cell whose bytes are not UTF-8 (training would drop the row; a
-class name must be readable).
+readable names. Class numbers (integer CSV labels, numbered folders) take their names from a list by
+position: class ``k`` is the list's ``k``-th name. An unreadable image raises a one-line
+:class:`~cliplab.errors.CliplabError` naming the file: evaluation does not skip data. So does a CSV cell whose
+bytes are not UTF-8 (training would drop the row; a class name must be readable).
 """
 
 from __future__ import annotations
@@ -67,6 +69,26 @@ def classes_with_samples(dataset: ClassFolderDataset | LabelCsvDataset) -> list[
     return [name for i, name in enumerate(dataset.classes) if i in used]
 
 
+def _check_numbered(numbers: Sequence[int], names: Sequence[str], where: str, what: str) -> None:
+    """Class names matched to class numbers by position: enough of them, and a note when the numbers
+    leave names unused (a name missing from the file would shift the others and still fit)."""
+    import warnings
+
+    from cliplab.errors import CliplabWarning
+
+    blank = getattr(names, "blank_line", None)  # see prompts.Lines
+    if blank is not None:
+        raise CliplabError(f"{blank}: a blank line between class names; {what} k takes the k-th name, so a "
+                           "missing name would shift the rest (remove the line, or write a JSON list)")
+    top = max(numbers)
+    if top >= len(names):
+        raise CliplabError(f"{where}: {what} {top} needs at least {top + 1} class names ({what} k takes the k-th, "
+                           f"counting from 0), {len(names)} given")
+    if len(names) > top + 1:
+        warnings.warn(f"{where}: {len(names)} class names given, but the {what}s only reach {top}: {what} k "
+                      "takes the k-th name, the last ones have no images", CliplabWarning, stacklevel=3)
+
+
 def _rename(labels: list[str], classnames: ClassNames, where: str) -> list[str]:
     """Display names for ``labels`` (folder names or CSV label names) in class order."""
     if classnames is None:
@@ -82,16 +104,37 @@ def _rename(labels: list[str], classnames: ClassNames, where: str) -> list[str]:
     return names
 
 
+def _numbered(folders: Sequence[str]) -> bool:
+    return all(is_integer(name) and not name.startswith("-") for name in folders)
+
+
+def _class_folders(root: Path) -> list[str]:
+    """The sub-folder names, sorted; numerically when all are numbers (as text, folder 10 comes before 2)."""
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names or not _numbered(names):
+        return names
+    numbers = [int(name) for name in names]
+    if len(set(numbers)) < len(numbers):
+        twins = [name for name in names if numbers.count(int(name)) > 1]
+        raise CliplabError(f"{root}: class folders {twins[0]!r} and {twins[1]!r} are both class {int(twins[0])}")
+    return sorted(names, key=int)
+
+
 class ClassFolderDataset(Dataset):
-    """``root/<class folder>/**/<image>``; label = index of the folder among the sorted folder names."""
+    """``root/<class folder>/**/<image>``; label = index of the folder among the sorted folder names (sorted
+    as numbers when they all are: with a list of class names, folder ``k`` is then named by its ``k``-th)."""
 
     def __init__(self, root: str | os.PathLike[str], transform: Transform, classnames: ClassNames = None) -> None:
         self.root, self.transform = Path(root), transform
         if not self.root.is_dir():
             raise CliplabError(f"{self.root}: not a folder")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.classes = _class_folders(self.root)
         if not self.classes:
             raise CliplabError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
+        if _numbered(self.classes) and classnames is not None and not isinstance(classnames, Mapping):
+            numbers = [int(folder) for folder in self.classes]
+            _check_numbered(numbers, classnames, str(self.root), "class folder")
+            classnames = {folder: classnames[k] for folder, k in zip(self.classes, numbers, strict=True)}
         self.classnames = _rename(self.classes, classnames, str(self.root))
         for folder, name in zip(self.classes, self.classnames, strict=True):  # a name the prompts and plots use
             check_utf8(name, f"{self.root}: class folder {folder!r}", "its name")
@@ -126,6 +169,16 @@ def _numbers_as_names(path: Path, n: int, seen: int) -> None:
                   "numbers themselves ('a photo of a 3.')", CliplabWarning, stacklevel=3)
 
 
+def _check_distinct(names: list[str], path: Path) -> None:
+    """Labels looked up by name: a name listed twice would make two classes of one label."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise CliplabError(f"{path}: labels are class names, and {name!r} is listed twice among the class "
+                               "names given (which class would it be?)")
+        seen.add(name)
+
+
 class LabelCsvDataset(Dataset):
     """CSV rows of (image path, label). Integer labels are class indices (``classnames`` then gives their
     names, a list in index order); other labels are class names, ordered as ``classnames`` lists them or,
@@ -156,11 +209,14 @@ class LabelCsvDataset(Dataset):
             n = max(labels) + 1
             if classnames is not None and not isinstance(classnames, Mapping):
                 n = len(classnames)
+            given = "" if classnames is None or isinstance(classnames, Mapping) else f" ({n} class names given)"
             for label, line in zip(labels, lines, strict=True):
                 if not 0 <= label < n:
-                    raise CliplabError(f"{self.path}:{line}: label {label} is outside 0..{n - 1}")
+                    raise CliplabError(f"{self.path}:{line}: label {label} is outside 0..{n - 1}{given}")
             if classnames is None:
                 _numbers_as_names(self.path, n, len(set(labels)))
+            elif given:
+                _check_numbered(labels, classnames, str(self.path), "label")
             keys = [str(i) for i in range(n)]
             self.classnames = _rename(keys, classnames, str(self.path))
         else:
@@ -169,6 +225,7 @@ class LabelCsvDataset(Dataset):
                 self.classnames = _rename(keys, classnames, str(self.path))
             else:
                 keys = self.classnames = list(classnames)
+                _check_distinct(keys, self.path)
             index = {name: i for i, name in enumerate(keys)}
             for label, line in zip(raw, lines, strict=True):
                 if label not in index:

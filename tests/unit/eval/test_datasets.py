@@ -139,3 +139,68 @@ def test_folder_names_must_be_utf8_unless_renamed(folder):
         ClassFolderDataset(folder, stand_in)
     ds = ClassFolderDataset(folder, stand_in, classnames=["red", "green", "blue", "café"])
     assert ds.classnames[-1] == "café"
+
+
+def numbered_folders(root, numbers):
+    for k in numbers:
+        (root / str(k)).mkdir(parents=True)
+        Image.new("RGB", (4, 4), (k, 0, 0)).save(root / str(k) / "a.png")
+    return root
+
+
+def test_numbered_folders_are_ordered_as_numbers_and_folder_k_takes_name_k(tmp_path):
+    import json
+
+    from cliplab.eval.prompts import load_classnames
+
+    root = numbered_folders(tmp_path / "val", range(12))
+    ds = ClassFolderDataset(root, stand_in)
+    assert ds.classes == [str(k) for k in range(12)]  # not "0", "1", "10", "11", "2", ...
+    assert [ds[i][0][0, 0, 0].item() * 255 for i in range(12)] == pytest.approx(range(12))  # label k: folder k
+    assert [label for _, label in ds.samples] == list(range(12))
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({str(k): f"name {k}" for k in range(12)}))
+    for given in (load_classnames(names, keyed=True), [f"name {k}" for k in range(12)]):
+        assert ClassFolderDataset(root, stand_in, classnames=given).classnames == [f"name {k}" for k in range(12)]
+
+
+def test_numbered_folders_missing_some_numbers(tmp_path):
+    root = numbered_folders(tmp_path / "val", [0, 2, 10])
+    names = [f"name {k}" for k in range(11)]
+    assert ClassFolderDataset(root, stand_in, classnames=names).classnames == ["name 0", "name 2", "name 10"]
+    with pytest.warns(CliplabWarning, match=r"12 class names given, but the class folders only reach 10"):
+        ClassFolderDataset(root, stand_in, classnames=[*names, "spare"])
+    with pytest.raises(CliplabError, match=r"class folder 10 needs at least 11 class names .*, 3 given"):
+        ClassFolderDataset(root, stand_in, classnames=["a", "b", "c"])  # not matched by position
+    (root / "02").mkdir()
+    with pytest.raises(CliplabError, match=r"class folders '02' and '2' are both class 2"):
+        ClassFolderDataset(root, stand_in)
+
+
+def test_numbered_classes_refuse_a_names_file_with_a_blank_line_between_names(folder, tmp_path):
+    from cliplab.eval.prompts import load_classnames
+
+    names = tmp_path / "names.txt"
+    names.write_text("# colours\nred\n\ngreen\nblue\n\n")  # the blank line could be a missing name
+    csv = write_csv(tmp_path / "val.csv", [("val/n01_red/0.png", 0), ("val/n02_green/1.png", 1)])
+    with pytest.raises(CliplabError, match=r"names\.txt:3: a blank line between class names; label k takes"):
+        LabelCsvDataset(csv, stand_in, classnames=load_classnames(names))
+    root = numbered_folders(tmp_path / "numbered", range(3))
+    with pytest.raises(CliplabError, match=r"names\.txt:3: a blank line between class names; class folder k"):
+        ClassFolderDataset(root, stand_in, classnames=load_classnames(names))
+    assert ClassFolderDataset(folder, stand_in, classnames=load_classnames(names)).classnames == ["red", "green",
+                                                                                                  "blue"]
+    names.write_text("# colours\nred\ngreen\n# and\nblue\n")
+    with pytest.warns(CliplabWarning, match=r"val\.csv: 3 class names given, but the labels only reach 1"):
+        ds = LabelCsvDataset(csv, stand_in, classnames=load_classnames(names))  # a name missing would fit here
+    assert ds.classnames == ["red", "green", "blue"]
+    with pytest.raises(CliplabError, match=r"val\.csv:3: label 1 is outside 0\.\.0 \(1 class names given\)"):
+        LabelCsvDataset(csv, stand_in, classnames=["red"])
+
+
+def test_name_labels_refuse_a_class_name_listed_twice(folder, tmp_path):
+    csv = write_csv(tmp_path / "val.csv", [("val/n01_red/0.png", "red"), ("val/n02_green/1.png", "green")])
+    with pytest.raises(CliplabError, match=r"val\.csv: labels are class names, and 'red' is listed twice"):
+        LabelCsvDataset(csv, stand_in, classnames=["red", "red", "green"])
+    ints = write_csv(tmp_path / "ints.csv", [("val/n01_red/0.png", 0), ("val/n02_green/1.png", 1)])
+    assert LabelCsvDataset(ints, stand_in, classnames=["red", "red"]).classnames == ["red", "red"]  # by number

@@ -44,8 +44,8 @@ def test_files_lines_json_list_and_json_object(tmp_path):
     js.write_text(json.dumps(["cat", "dog"]))
     assert load_classnames(js) == ["cat", "dog"]
     obj = tmp_path / "o.json"
-    obj.write_text(json.dumps({"10": "ten", "2": "two", "1": "one"}))
-    assert load_classnames(obj) == ["one", "two", "ten"]  # integer keys: numeric order
+    obj.write_text(json.dumps({str(i): f"n{i}" for i in sorted(range(11), key=str)}))  # "0", "1", "10", "2", ...
+    assert load_classnames(obj) == [f"n{i}" for i in range(11)]  # integer keys: numeric order
     wn = tmp_path / "wn.json"
     wn.write_text(json.dumps({"n02": "dog", "n01": "cat"}))
     assert load_classnames(wn) == ["dog", "cat"]  # other keys: file order
@@ -83,3 +83,33 @@ def test_keys_int_rejects_are_names_not_a_crash(tmp_path, key):
     obj.write_text(json.dumps({key: "odd", "0": "zero"}))
     assert load_classnames(obj) == ["odd", "zero"]  # not all integer keys: file order
     assert load_classnames(obj, keyed=True) == {key: "odd", "0": "zero"}
+
+
+@pytest.mark.parametrize(("keys", "missing"), [(["0", "2", "3"], 1), (["1", "2"], 0), (["-1", "0"], 1),
+                                               (["0", "1", "01"], 2)])
+def test_integer_keys_must_be_0_to_n_minus_1(tmp_path, keys, missing):
+    obj = tmp_path / "gap.json"
+    obj.write_text(json.dumps({k: f"name {k}" for k in keys}))
+    for keyed in (False, True):  # a gap would give every later class the next one's name
+        with pytest.raises(CliplabError, match=rf"gap\.json: integer keys must be 0\.\.{len(keys) - 1}, each once; "
+                                               rf"key {missing} is missing"):
+            load_classnames(obj, keyed=keyed)
+
+
+@pytest.mark.parametrize("value", [["blue", "", "red"], ["blue", "  "], {"0": "blue", "1": ""}])
+def test_empty_class_names_are_refused_in_lists_too(tmp_path, value):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(value))
+    for keyed in (False, True):
+        with pytest.raises(CliplabError, match=r"c\.json: entry 2 is empty"):
+            load_classnames(path, keyed=keyed)
+
+
+def test_a_line_file_remembers_its_first_blank_line_between_entries(tmp_path):
+    path = tmp_path / "n.txt"
+    path.write_text("# header\n\ncat\n# a comment\ndog\n\n\nbird\n\n")
+    names = load_classnames(path)
+    assert names == ["cat", "dog", "bird"] and names.blank_line == f"{path}:6"
+    path.write_text("\n# header\ncat\n# between\ndog\n\n")  # leading, comment and trailing lines shift nothing
+    assert load_classnames(path).blank_line is None
+    assert load_classnames("imagenet").blank_line is None
