@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from cliplab.cli.args import count, counts
@@ -52,14 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(lp)
     _labelled(lp, "--train", "training images")
     lp.add_argument("--test", required=True, help="test images (same layout as --train)")
-    lp.add_argument("--shots", type=counts, nargs="*", help="also run k-shot probes for these k: 1,2,4,8,16")
-    lp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    lp.add_argument("--shots", type=counts, nargs="+", help="also run k-shot probes for these k: 1,2,4,8,16")
+    lp.add_argument("--seeds", type=count(0), nargs="+", default=[0, 1, 2], help="of the k-shot samples")
     lp.set_defaults(func=run_linear_probe)
 
 
 def _dataset(path: str, args: argparse.Namespace, preprocess: Any) -> Any:
-    from pathlib import Path
-
     from cliplab.eval.datasets import ClassFolderDataset, LabelCsvDataset
     from cliplab.eval.prompts import load_classnames
 
@@ -70,15 +69,51 @@ def _dataset(path: str, args: argparse.Namespace, preprocess: Any) -> Any:
                            sep=args.csv_separator, classnames=names)
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Before any work: every file the run will write (--output-json, --confusion-png, --save-classifier) can
-    be written where it is asked for, so a finished evaluation is never lost to a bad path."""
-    from pathlib import Path
+_OUTPUTS = ("output", "confusion_png", "save_classifier")
+_INPUTS = ("checkpoint", "data", "train", "test", "load_classifier", "classnames", "templates")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _input_paths(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(flag, resolved path) of every input named by an existing path (not a built-in set's name)."""
+    from cliplab.eval.prompts import BUILTIN_CLASSNAMES, BUILTIN_TEMPLATES
+
+    builtin = {"classnames": BUILTIN_CLASSNAMES, "templates": BUILTIN_TEMPLATES}
+    paths = []
+    for dest in _INPUTS:
+        value = getattr(args, dest, None)
+        if value and value not in builtin.get(dest, ()) and Path(value).exists():
+            paths.append((_flag(dest), Path(value).resolve()))
+    return paths
+
+
+def _check_not_an_input(out: str, flag: str, inputs: list[tuple[str, Path]]) -> None:
+    """An output replaces none of the run's inputs, nor writes into an input folder (a checkpoint's files,
+    a class folder's images)."""
+    import os
 
     from cliplab.errors import CliplabError
 
-    for flag in ("output", "confusion_png", "save_classifier"):
-        path = getattr(args, flag, None)
+    target = Path(out).resolve()
+    for in_flag, src in inputs:
+        if target == src or (target.exists() and os.path.samefile(target, src)):
+            raise CliplabError(f"{out}: is the {in_flag} input; write {flag} elsewhere")
+        if src.is_dir() and target.is_relative_to(src):
+            raise CliplabError(f"{out}: is inside the {in_flag} folder {src}; write {flag} elsewhere")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: every file the run will write (--output-json, --confusion-png, --save-classifier) can
+    be written where it is asked for, replaces none of the inputs nor another output, so a finished
+    evaluation is never lost to a bad path."""
+    from cliplab.errors import CliplabError
+
+    inputs, written = _input_paths(args), {}
+    for dest in _OUTPUTS:
+        path = getattr(args, dest, None)
         if not path:
             continue
         target = Path(path)
@@ -87,6 +122,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
         parent = next((p for p in target.parents if p.exists()), Path("."))
         if not parent.is_dir():
             raise CliplabError(f"{path}: {parent} is a file, not a folder")
+        _check_not_an_input(path, _flag(dest), inputs)
+        if target.resolve() in written:
+            raise CliplabError(f"{path}: given to both {written[target.resolve()]} and {_flag(dest)}; one would "
+                               "replace the other")
+        written[target.resolve()] = _flag(dest)
 
 
 def _report(args: argparse.Namespace, report: dict[str, Any], lines: list[str]) -> int:
@@ -158,8 +198,6 @@ def _short(names: list[str], n: int = 4) -> str:
 
 def _check_figure_path(path: str) -> None:
     """Before any work: a format matplotlib can write (by the file's extension; none means PNG)."""
-    from pathlib import Path
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -216,7 +254,6 @@ def _captions(cell: str, where: str) -> list[str]:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     import torch
 
@@ -292,12 +329,23 @@ def _check_probe_classes(args: argparse.Namespace, train: Any, test: Any) -> Non
                            f"set has images of {_short(trained)} (class names must match exactly)")
 
 
+def _shots(args: argparse.Namespace) -> list[int]:
+    """The k of the k-shot probes (none without --shots); --shots with no k is a mistake, not "none"."""
+    from cliplab.errors import CliplabError
+
+    shots = sorted({k for group in args.shots or [] for k in group})
+    if args.shots is not None and not shots:
+        raise CliplabError("--shots: no k given (e.g. --shots 1,2,4,8,16)")
+    return shots
+
+
 def run_linear_probe(args: argparse.Namespace) -> int:
     import cliplab
     from cliplab.eval.datasets import make_loader
     from cliplab.eval.linear_probe import extract_features, few_shot_probe, linear_probe
 
     _check_outputs(args)
+    shots = _shots(args)
     model, preprocess, _ = cliplab.load(args.checkpoint, device=args.device)
     device = next(model.parameters()).device
     train, test = _dataset(args.train, args, preprocess), _dataset(args.test, args, preprocess)
@@ -314,8 +362,7 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     if res.val_accuracy is None:
         out.append("note: some class has a single training image, so no validation split was possible and C was "
                    f"not searched (fixed at {res.c:g})")
-    if args.shots:
-        shots = sorted({k for group in args.shots for k in group})
+    if shots:
         few = few_shot_probe(xtr, ytr, xte, yte, shots=shots, seeds=args.seeds)
         report["few_shot"] = few.rows()
         rows = zip(few.shots, few.mean, few.std, strict=True)

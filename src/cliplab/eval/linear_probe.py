@@ -138,6 +138,7 @@ def linear_probe(
         raise CliplabError("linear probe: the training set needs at least two classes")
     if not 0 < val_fraction < 1:
         raise CliplabError(f"linear probe: val_fraction must be in (0, 1), got {val_fraction}")
+    _check_seeds([seed], "linear probe")
     split = _split(ytr, val_fraction, seed)
     searched: dict[float, float] = {}
     if split is None:
@@ -151,6 +152,13 @@ def linear_probe(
     clf = _fit(xtr, ytr, c, max_iter)
     accuracy = float(clf.score(xte, yte)) if len(yte) else float("nan")
     return ProbeResult(accuracy, c, val_acc, searched, len(ytr), len(yte))
+
+
+def _check_seeds(seeds: Sequence[int], where: str) -> None:
+    """Seeds of numpy's generator: non-negative integers (it refuses others with a traceback)."""
+    bad = next((s for s in seeds if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0), None)
+    if bad is not None:
+        raise CliplabError(f"{where}: seed {bad!r} is not a non-negative integer")
 
 
 def _sample_shots(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -175,8 +183,9 @@ def few_shot_probe(
 ) -> FewShotResult:
     """k-shot probes: for each k and seed, k training samples per class, a probe, its test accuracy."""
     xtr, ytr = _np(train_x, np.float64), _np(train_y, np.int64).reshape(-1)
-    if any(k < 1 for k in shots) or not seeds:
-        raise CliplabError("few-shot probe: shots must be ≥ 1 and at least one seed is needed")
+    if not shots or any(k < 1 for k in shots) or not seeds:
+        raise CliplabError("few-shot probe: at least one k is needed, each ≥ 1, and at least one seed")
+    _check_seeds(seeds, "few-shot probe")
     accs: list[list[float]] = []
     for k in shots:
         row = []

@@ -1,6 +1,7 @@
 """``cliplab eval`` end to end on a tiny random checkpoint and generated images."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -303,3 +304,49 @@ def test_output_paths_are_checked_before_any_work(setup, tmp_path, capsys, task,
     assert capsys.readouterr().err.strip() == f"error: {taken}: is a directory (give a file name to write)"
     assert main([*base, flag, str(under_file)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {under_file}: {tmp_path / 'file'} is a file, not a folder"
+
+
+@pytest.mark.parametrize(("task", "extra", "message"), [
+    ("zeroshot", ["--save-classifier", "CK"], "CK: is the --checkpoint input; write --save-classifier elsewhere"),
+    ("zeroshot", ["--output", "NAMES", "--classnames", "NAMES"], "NAMES: is the --classnames input"),
+    ("zeroshot", ["--output-json", "DATA/r.json"], "DATA/r.json: is inside the --data folder DATA; write --output"),
+    ("zeroshot", ["--output", "c.png", "--confusion-png", "c.png"], "c.png: given to both --output and "
+                                                                    "--confusion-png"),
+    ("zeroshot", ["--load-classifier", "CLF", "--save-classifier", "CLF"], "CLF: is the --load-classifier input"),
+    ("retrieval", ["--output", "CAP"], "CAP: is the --data input"),
+    ("linear-probe", ["--output", "DATA/red/0.png"], "is inside the --train folder DATA"),
+])
+def test_outputs_never_replace_inputs(setup, tmp_path, capsys, task, extra, message):
+    d = setup
+    (tmp_path / "names.txt").write_text("green\nred\n")
+    (tmp_path / "clf.safetensors").write_bytes(b"a classifier")
+    paths = {"CK": str(d / "ck.safetensors"), "NAMES": str(tmp_path / "names.txt"), "DATA": str(d / "data"),
+             "CAP": str(d / "cap.csv"), "CLF": str(tmp_path / "clf.safetensors"), "c.png": str(tmp_path / "c.png")}
+
+    def spell(text: str) -> str:
+        for name, path in paths.items():
+            text = text.replace(name, path)
+        return text
+
+    data = {"zeroshot": ["--data", "DATA"], "retrieval": ["--data", "CAP"],
+            "linear-probe": ["--train", "DATA", "--test", "DATA"]}[task]
+    inputs = [Path(p) for p in paths.values() if Path(p).is_file()]
+    before = [p.stat().st_mtime_ns for p in inputs]
+    assert main(["eval", task, "--device", "cpu", *map(spell, ["--checkpoint", "CK", *data, *extra])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and spell(message) in err and "\n" not in err
+    assert [p.stat().st_mtime_ns for p in inputs] == before and not (tmp_path / "c.png").exists()
+
+
+def test_probe_seeds_and_shots_are_checked_before_any_work(setup, tmp_path, capsys):
+    d = setup
+    base = ["eval", "linear-probe", "--checkpoint", str(tmp_path / "none.safetensors"), "--train", str(d / "data"),
+            "--test", str(d / "data"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--shots", "2", "--seeds", "-1"])
+    assert info.value.code == 2 and "argument --seeds: -1 is below 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--shots"])  # no k: not a silent "no few-shot probe"
+    assert info.value.code == 2 and "argument --shots: expected at least one argument" in capsys.readouterr().err
+    assert main([*base, "--shots", ","]) == 2
+    assert capsys.readouterr().err.strip() == "error: --shots: no k given (e.g. --shots 1,2,4,8,16)"

@@ -121,3 +121,14 @@ def test_extract_features_normalises_and_keeps_labels():
     assert y.tolist() == [1, 0, 2]
     raw, _ = extract_features(model, batches, normalize=False)
     torch.testing.assert_close(raw, feats)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_seeds_must_be_non_negative_integers(seed):
+    xtr, ytr = blobs(4, seed=0)
+    with pytest.raises(CliplabError, match=r"linear probe: seed .* is not a non-negative integer"):
+        linear_probe(xtr, ytr, xtr, ytr, seed=seed)
+    with pytest.raises(CliplabError, match=r"few-shot probe: seed .* is not a non-negative integer"):
+        few_shot_probe(xtr, ytr, xtr, ytr, shots=[1], seeds=[0, seed])
+    with pytest.raises(CliplabError, match="at least one k"):
+        few_shot_probe(xtr, ytr, xtr, ytr, shots=[], seeds=[0])
