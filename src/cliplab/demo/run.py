@@ -23,7 +23,7 @@ from cliplab.errors import CliplabError
 from cliplab.eval.zeroshot import zero_shot_classifier
 from cliplab.extras import require
 from cliplab.fileio import write_json, write_text
-from cliplab.precision import cpu_has_bf16, cuda_has_bf16
+from cliplab.precision import autocast, cpu_has_bf16, cuda_has_bf16
 from cliplab.tokenizer import get_tokenizer
 from cliplab.train.config import DataConfig, OptimConfig, TrainConfig
 from cliplab.train.curves import plot_curves
@@ -72,10 +72,11 @@ def _precision(name: str) -> str:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
+    from cliplab.config import PreprocessConfig, TokenizerConfig, load_arch
+
     require("sklearn", "matplotlib", what="the demo's evaluation")  # before minutes of training, not after
+    arch = load_arch(cfg.model)  # a mistyped name or setting must not cost the last run, removed below
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "run", ignore_errors=True)  # the demo always trains afresh; its last run is replaced
     t0 = time.perf_counter()
     world = _world(cfg)
     tcfg = TrainConfig(
@@ -88,6 +89,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
         precision=_precision(cfg.precision),
         save_every=10**9, log_every=10, eval_every=100 if cfg.steps >= 1000 else max(1, cfg.steps // 5),
     )
+    autocast(torch.device("cuda" if torch.cuda.is_available() else "cpu"), tcfg.precision)  # fp16 without CUDA
+    if out.exists() and not out.is_dir():
+        raise CliplabError(f"{out}: is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "run", ignore_errors=True)  # the demo always trains afresh; its last run is replaced
     held_small = labelled_set(world, 4, "heldout", seed=99)
 
     def zeroshot_hook(model: torch.nn.Module, step: int) -> dict[str, Any]:
@@ -99,9 +105,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
         model.train()
         return {"zeroshot_top1": acc}
 
-    from cliplab.config import PreprocessConfig, TokenizerConfig, load_arch
-
-    arch = load_arch(cfg.model)
     pre = Preprocess(PreprocessConfig(image_size=arch.vision.image_size))
     tok = get_tokenizer(TokenizerConfig(context_length=arch.text.context_length))
     result = train(tcfg, eval_hooks=(zeroshot_hook,), progress=progress)
