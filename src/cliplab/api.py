@@ -178,10 +178,10 @@ def classify(
     restored afterwards) and the images are cast to its parameters' device and dtype.
     """
     from cliplab.eval.zeroshot import zero_shot_classifier
-    from cliplab.transforms import as_pixels
 
     if isinstance(labels, str):
         raise CliplabError(f"classify: labels must be a list of strings, not the string {labels!r}")
+    labels = list(labels)  # a generator too
     if not labels:
         raise CliplabError("classify: no candidate labels given")
     if top_k is not None and top_k < 1:
@@ -197,22 +197,36 @@ def classify(
     if isinstance(templates, str) and ("{}" in templates or "{0}" in templates):
         templates = [templates]
     param = next(model.parameters())
-    pixels = torch.stack([as_pixels(im, preprocess, f"classify: image {i}")  # (N, 3, S, S)
-                          for i, im in enumerate(images)]).to(param.device)  # encode_image casts to its dtype
-    was_training = model.training
+    pixels = torch.stack(_pixels(images, preprocess, model.image_size)).to(param.device)  # (N, 3, S, S)
+    modes = {m: m.training for m in model.modules()}  # each restored as it was (a tower may be frozen in eval)
     model.eval()  # BatchNorm on running statistics, no dropout: an image's scores do not depend on its batch
     try:
-        classifier = zero_shot_classifier(model, tokenizer, list(labels), templates, device=param.device)  # (D, C)
+        classifier = zero_shot_classifier(model, tokenizer, labels, templates, device=param.device)  # (D, C)
         feats = model.encode_image(pixels, normalize=True).float()  # (N, D)
         probs = (model.scale().float() * feats @ classifier.float()).softmax(dim=-1)  # (N, C)
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     k = len(labels) if top_k is None else min(top_k, len(labels))
     scores, idx = probs.topk(k, dim=-1)
     return [
         [{"label": labels[j], "score": float(s)} for s, j in zip(row_s.tolist(), row_i.tolist(), strict=True)]
         for row_s, row_i in zip(scores, idx, strict=True)
     ]
+
+
+def _pixels(images: list[Any], preprocess: Any, size: int) -> list[torch.Tensor]:
+    """Each image as the model's input (3, S, S), or a one-line error naming the first that is not."""
+    from cliplab.transforms import as_pixels
+
+    out = []
+    for i, im in enumerate(images):
+        x = as_pixels(im, preprocess, f"classify: image {i}")
+        if tuple(x.shape) != (3, size, size):
+            raise CliplabError(f"classify: image {i} has shape {tuple(x.shape)}; the model takes (3, {size}, {size}) "
+                               "(preprocess images with the model's own preprocess)")
+        out.append(x)
+    return out
 
 
 def _image_list(images: Any) -> list[Any]:

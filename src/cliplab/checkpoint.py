@@ -159,18 +159,34 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[CLIPConfig, dict[str,
     return cfg, sd
 
 
-def expected_shapes(cfg: CLIPConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter and buffer shapes of the architecture, computed on the meta device (no memory)."""
+def _meta_state(cfg: CLIPConfig) -> dict[str, torch.Tensor]:
+    """The architecture's parameters and buffers on the meta device (no memory)."""
     from cliplab.model.build import create_model
 
     with torch.device("meta"):
         model = create_model(cfg.model)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return model.state_dict()
+
+
+def expected_shapes(cfg: CLIPConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter and buffer shapes of the architecture, computed on the meta device (no memory)."""
+    return {k: tuple(v.shape) for k, v in _meta_state(cfg).items()}
+
+
+def _kind(t: torch.Tensor) -> str:
+    if t.is_floating_point():
+        return "floating-point"
+    if t.is_complex() or t.dtype == torch.bool:
+        return "other"
+    return "integer"
 
 
 def validate_state_dict(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise a one-line :class:`CheckpointError` unless ``sd`` has exactly the config's names and shapes."""
-    want = expected_shapes(cfg)
+    """Raise a one-line :class:`CheckpointError` unless ``sd`` has exactly the config's names and shapes, and
+    floating-point tensors where the model has them (any precision), integer ones for its counters
+    (BatchNorm's ``num_batches_tracked``)."""
+    meta = _meta_state(cfg)
+    want = {k: tuple(v.shape) for k, v in meta.items()}
     missing = sorted(set(want) - set(sd))
     unexpected = sorted(set(sd) - set(want))
     if missing or unexpected:
@@ -185,3 +201,6 @@ def validate_state_dict(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source:
             raise CheckpointError(
                 f"{source}: tensor {key} has shape {list(sd[key].shape)} but the config expects {list(shape)}"
             )
+        if _kind(sd[key]) != _kind(meta[key]):
+            raise CheckpointError(f"{source}: tensor {key} is {str(sd[key].dtype).removeprefix('torch.')}; the model "
+                                  f"needs {_kind(meta[key])} values there")

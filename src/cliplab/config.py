@@ -131,11 +131,20 @@ class ResNetConfig:
             raise ConfigError(f"vision.layers: a ResNet needs 4 stage depths, got {list(self.layers)}")
         if self.image_size % 32:
             raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of 32")
+        if (self.width * 32) % self.heads:
+            raise ConfigError(f"vision: the attention pool's width {self.width * 32} (width × 32) is not divisible "
+                              f"by heads {self.heads}")
+
+
+TEXT_POOLS = ("eot", "argmax")
 
 
 @dataclass(frozen=True)
 class TextTransformerConfig:
-    """Causal text Transformer pooled at the end-of-text token."""
+    """Causal text Transformer pooled at the end-of-text token. ``pool``: ``"eot"``, at the first
+    ``eot_token_id`` of a text (its last position if it has none); ``"argmax"``, at the highest id of a text
+    (its first occurrence), as OpenAI's and open_clip's code and Hugging Face's legacy configs (eos id 2) do.
+    The two agree whenever a text holds its end-of-text token and that is the vocabulary's last id."""
 
     type: ClassVar[str] = "transformer"
     context_length: int = 77
@@ -147,12 +156,16 @@ class TextTransformerConfig:
     activation: str = "gelu"
     ln_eps: float = 1e-5
     eot_token_id: int = 49407
+    pool: str = "eot"
 
     def __post_init__(self) -> None:
         _check_fields(self, "text")
         _check_activation(self.activation, "text")
         if self.width % self.heads:
             raise ConfigError(f"text: width {self.width} is not divisible by heads {self.heads}")
+        _check_eot(self)
+        if self.pool not in TEXT_POOLS:
+            raise ConfigError(f"text.pool: unknown value {self.pool!r} (expected one of {TEXT_POOLS})")
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,13 @@ class CBOWTextConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, "text")
+        _check_eot(self)
+
+
+def _check_eot(cfg: TextTransformerConfig | CBOWTextConfig) -> None:
+    if cfg.eot_token_id >= cfg.vocab_size:
+        raise ConfigError(f"text.eot_token_id {cfg.eot_token_id} is outside the vocabulary of {cfg.vocab_size} "
+                          "tokens (set eot_token_id to the tokenizer's end-of-text id)")
 
 
 VISION_CONFIGS: dict[str, type] = {"vit": ViTConfig, "resnet": ResNetConfig}
@@ -311,6 +331,8 @@ def from_dict(data: dict[str, Any]) -> CLIPConfig:
 def _tower_dict(cfg: Any) -> dict[str, Any]:
     out = {"type": cfg.type}
     out.update(dataclasses.asdict(cfg))
+    if out.get("pool") == "eot":  # the default is left out: cliplab versions before the field read the file too
+        del out["pool"]
     if "layers" in out and isinstance(out["layers"], tuple):
         out["layers"] = list(out["layers"])
     return out

@@ -145,3 +145,27 @@ def test_write_json_fsyncs_the_temporary_file_before_the_rename(tmp_path, monkey
     assert os.path.dirname(tmp) == str(folder)
     assert ("fsync", tmp) in events[: events.index(renames[0])]
     assert ("fsync", str(folder)) in events[events.index(renames[0]) :]  # the rename itself made durable
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64])
+def test_tensors_of_a_kind_the_model_cannot_use_are_refused(tmp_path, tiny, dtype):
+    cfg, model = tiny
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["text.ln_final.weight"] = sd["text.ln_final.weight"].to(dtype)
+    with pytest.raises(CheckpointError, match=r"tensor text\.ln_final\.weight is .*needs floating-point"):
+        save_checkpoint(sd, cfg, tmp_path / "x")
+    path = tmp_path / "bad.safetensors"  # a file written by something else
+    save_file(sd, str(path), metadata={"cliplab_config": json.dumps(to_dict(cfg))})
+    with pytest.raises(CheckpointError, match=r"tensor text\.ln_final\.weight is") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_any_float_precision_loads_and_counters_must_be_integers(tmp_path):
+    cfg = CLIPConfig.for_model(load_arch("RN-Tiny-64px"))
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in create_model(cfg.model).state_dict().items()}
+    save_checkpoint(sd, cfg, tmp_path / "half")  # fp16 weights with int64 counters: fine
+    counter = next(k for k in sd if k.endswith("num_batches_tracked"))
+    sd[counter] = sd[counter].float()
+    with pytest.raises(CheckpointError, match=rf"tensor {counter} is float32; the model needs integer values"):
+        save_checkpoint(sd, cfg, tmp_path / "x")

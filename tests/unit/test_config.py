@@ -67,3 +67,30 @@ def test_invalid_values():
         ViTConfig(activation="relu6")
     with pytest.raises(ConfigError, match="unknown architecture"):
         load_arch("ViT-Z-99")
+
+
+def test_configs_the_model_cannot_run_are_refused():
+    from cliplab.config import CBOWTextConfig, TextTransformerConfig
+
+    with pytest.raises(ConfigError, match=r"attention pool's width 512 \(width × 32\) is not divisible by heads 3"):
+        ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=16, heads=3)
+    for cls in (TextTransformerConfig, CBOWTextConfig):
+        with pytest.raises(ConfigError, match="eot_token_id 49407 is outside the vocabulary of 1000"):
+            cls(vocab_size=1000)
+        assert cls(vocab_size=1000, eot_token_id=999).eot_token_id == 999
+    with pytest.raises(ConfigError, match=r"text\.pool: unknown value 'mean'"):
+        TextTransformerConfig(pool="mean")
+
+
+def test_text_pooling_round_trips_and_the_default_is_not_written():
+    import dataclasses
+
+    from cliplab.config import TextTransformerConfig
+
+    cfg = CLIPConfig.for_model(load_arch("ViT-Tiny-32px"))
+    assert "pool" not in to_dict(cfg)["model"]["text"]  # files stay readable by versions without the field
+    argmax = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, text=TextTransformerConfig(**{**dataclasses.asdict(cfg.model.text), "pool": "argmax"})))
+    data = to_dict(argmax)
+    assert data["model"]["text"]["pool"] == "argmax"
+    assert from_dict(json.loads(json.dumps(data))) == argmax

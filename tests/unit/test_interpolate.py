@@ -41,6 +41,24 @@ def test_openai_file_and_hf_folder_of_one_architecture(tmp_path, capsys):
         torch.testing.assert_close(value, 0.75 * sa[key] + 0.25 * sb[key], rtol=0, atol=1e-6)
 
 
+def test_hf_folder_with_a_bare_gelu_state_dict(tmp_path, capsys):
+    """--activation is for the bare input: the HF folder says its own, and is not refused for it."""
+    from cliplab.convert.foreign import with_activation
+
+    cfg, _ = _openai_shaped(0)
+    cfg = with_activation(cfg, "gelu")
+    torch.manual_seed(0)
+    a, b = create_model(cfg).eval(), create_model(cfg).eval()
+    export_hf(a, CLIPConfig.for_model(cfg), tmp_path / "hf")
+    torch.save(to_openai(b.state_dict()), tmp_path / "bare.pt")
+    for order in ([tmp_path / "hf", tmp_path / "bare.pt"], [tmp_path / "bare.pt", tmp_path / "hf"]):
+        out = tmp_path / f"mix_{order[0].name}"
+        assert main(["interpolate", *map(str, order), "--activation", "gelu", "--output", str(out)]) == 0, \
+            capsys.readouterr().err
+        _, got, _ = load_model(out)
+        assert got.model.text.activation == got.model.vision.activation == "gelu"
+
+
 def test_torchscript_release_needs_the_opt_in(tmp_path, capsys):
     _, a = _openai_shaped(0)
     _, b = _openai_shaped(1)

@@ -46,16 +46,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, args: argparse.Namespace):
-    """A model, its config and side-file folder; ``--activation`` applies only to bare state dicts."""
+    """A model, its config and side-file folder; ``--activation`` applies only to bare state dicts (cliplab
+    checkpoints, runs and HF folders record theirs)."""
     from pathlib import Path
 
     from cliplab.api import load_model
     from cliplab.checkpoint import is_native
+    from cliplab.convert.hf import is_hf_dir
     from cliplab.train.state import resolve_run_dir
 
     p = Path(path)
-    native = is_native(p) or (p.is_dir() and resolve_run_dir(p) is not None)
-    return load_model(path, allow_unsafe=args.allow_unsafe_pickle, activation=None if native else args.activation)
+    described = is_native(p) or is_hf_dir(p) or (p.is_dir() and resolve_run_dir(p) is not None)
+    return load_model(path, allow_unsafe=args.allow_unsafe_pickle, activation=None if described else args.activation)
 
 
 def _architecture(model_cfg):

@@ -144,7 +144,7 @@ def load_foreign(path: str | Path, allow_unsafe: bool = False, activation: str |
         try:
             model_cfg = arch or infer_config(sd, activation=activation or "quick_gelu")
         except CliplabError as err:
-            raise CliplabError(f"{path}: {err}") from None
+            raise type(err)(f"{path}: {err}") from None
         if arch is not None and activation is not None:
             model_cfg = with_activation(model_cfg, activation)
         cfg, sd = CLIPConfig.for_model(model_cfg), from_openai(sd)

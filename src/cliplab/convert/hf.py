@@ -62,24 +62,22 @@ def _act(value: str, where: str) -> str:
 def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> CLIPConfig:
     """A ``transformers.CLIPConfig`` JSON (and its preprocessor config) → a resolved cliplab config."""
     try:
-        v, t = cfg["vision_config"], cfg["text_config"]
+        v, t = _tower_config(cfg, "vision"), _tower_config(cfg, "text")
         vision = ViTConfig(
             image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32), width=v.get("hidden_size", 768),
             layers=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
             mlp_ratio=v.get("intermediate_size", 3072) / v.get("hidden_size", 768),
             activation=_act(v.get("hidden_act", "quick_gelu"), "vision_config.hidden_act"),
             ln_eps=v.get("layer_norm_eps", 1e-5))
+        vocab = t.get("vocab_size", 49408)
         eos = t.get("eos_token_id", 49407)
         text = TextTransformerConfig(
-            context_length=t.get("max_position_embeddings", 77), vocab_size=t.get("vocab_size", 49408),
+            context_length=t.get("max_position_embeddings", 77), vocab_size=vocab,
             width=t.get("hidden_size", 512), layers=t.get("num_hidden_layers", 12),
             heads=t.get("num_attention_heads", 8),
             mlp_ratio=t.get("intermediate_size", 2048) / t.get("hidden_size", 512),
             activation=_act(t.get("hidden_act", "quick_gelu"), "text_config.hidden_act"),
-            ln_eps=t.get("layer_norm_eps", 1e-5),
-            # eos id 2 is HF's legacy config: it then pools at the largest id in the text, which is the end of
-            # text, the last id of the vocabulary (49407 for CLIP's BPE)
-            eot_token_id=t.get("vocab_size", 49408) - 1 if eos == 2 else eos)
+            ln_eps=t.get("layer_norm_eps", 1e-5), **_pooling(eos, vocab))
     except (KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
         raise CliplabError(f"config.json is not a CLIPModel config ({type(err).__name__}: {err})") from None
     model = ModelConfig(embed_dim=cfg.get("projection_dim", 512), vision=vision, text=text,
@@ -93,6 +91,30 @@ def hf_config_to_cliplab(cfg: dict[str, Any], preprocessor: dict[str, Any] | Non
                       "tokenizer (image embeddings are unaffected)", CliplabWarning, stacklevel=3)
     return CLIPConfig(model, pre, TokenizerConfig(context_length=text.context_length), name=cfg.get("_name_or_path"))
 
+
+def _tower_config(cfg: dict[str, Any], tower: str) -> dict[str, Any]:
+    """``text_config`` / ``vision_config``, or the legacy ``text_config_dict`` / ``vision_config_dict`` where one
+    is given: transformers then builds the tower from it alone (its defaults for what it leaves out)."""
+    legacy = cfg.get(f"{tower}_config_dict")
+    if legacy is not None:
+        if not isinstance(legacy, dict):
+            raise TypeError(f"{tower}_config_dict is not an object")
+        return legacy
+    return cfg[f"{tower}_config"]
+
+
+def _pooling(eos: int, vocab: int) -> dict[str, Any]:
+    """The text config's pooling for HF's ``eos_token_id``. Id 2 is HF's legacy config: it pools at the
+    largest id in the text. With CLIP's BPE that is the end of text, the vocabulary's last id, where cliplab's
+    own architectures pool (the same on every text its tokenizer makes); another vocabulary keeps HF's rule."""
+    if eos == 2:
+        return {"eot_token_id": vocab - 1} if vocab == OPENAI_VOCAB else {"pool": "argmax", "eot_token_id": vocab - 1}
+    if not 0 <= eos < vocab:
+        warnings.warn(f"text_config.eos_token_id {eos} is outside the vocabulary of {vocab} tokens: HF pools such "
+                      "a model at each text's first position, cliplab at its highest id", CliplabWarning,
+                      stacklevel=4)
+        return {"pool": "argmax", "eot_token_id": vocab - 1}
+    return {"eot_token_id": eos}
 
 
 def _side(value: Any, where: str) -> tuple[str, int, int]:
@@ -236,7 +258,9 @@ def _hf_config(cfg: CLIPConfig) -> dict[str, Any]:
                         "vocab_size": t.vocab_size, "hidden_size": t.width, "num_hidden_layers": t.layers,
                         "num_attention_heads": t.heads, "intermediate_size": round(t.width * t.mlp_ratio),
                         "hidden_act": t.activation, "layer_norm_eps": t.ln_eps, "projection_dim": m.embed_dim,
-                        "eos_token_id": t.eot_token_id, "bos_token_id": t.eot_token_id - 1,
+                        # eos id 2: HF's legacy config, which pools at the highest id
+                        "eos_token_id": 2 if t.pool == "argmax" else t.eot_token_id,
+                        "bos_token_id": t.eot_token_id - 1,
                         "pad_token_id": 1},
     }
 
@@ -300,7 +324,7 @@ def is_hf_dir(path: Path) -> bool:
         data = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return False
-    return isinstance(data, dict) and "vision_config" in data
+    return isinstance(data, dict) and ("vision_config" in data or "vision_config_dict" in data)
 
 
 def _hf_weights(path: Path, allow_unsafe: bool) -> dict[str, torch.Tensor]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
+from cliplab.checkpoint import CheckpointError
 from cliplab.config import ModelConfig, ResNetConfig, TextTransformerConfig, ViTConfig
 from cliplab.errors import CliplabError
 
@@ -28,6 +30,7 @@ _RULES = [
     (r"\.downsample\.0\.", ".downsample.1."),
 ]
 _EXTRA = {"input_resolution", "context_length", "vocab_size"}  # ints stored in OpenAI's archives
+OPENAI_VOCAB = 49408
 
 
 def strip_wrappers(key: str) -> str:
@@ -111,31 +114,49 @@ def _heads(width: int, tower: str, layers: int = 0) -> int:
     return width // 64
 
 
+def _shape(sd: dict[str, torch.Tensor], key: str, ndim: int) -> torch.Size:
+    """The shape of ``sd[key]``, which must have ``ndim`` dimensions."""
+    shape = sd[key].shape
+    if len(shape) != ndim:
+        raise CheckpointError(f"tensor {key} has shape {list(shape)}; an OpenAI/open_clip CLIP has {ndim} "
+                              f"dimension{'s' * (ndim != 1)} there")
+    return shape
+
+
 def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu") -> ModelConfig:
     """The architecture of an OpenAI-named state dict, from tensor shapes alone (as OpenAI's build_model)."""
     sd = {strip_wrappers(k): v for k, v in sd.items()}
     try:
-        embed_dim = sd["text_projection"].shape[1]
-        tw = sd["ln_final.weight"].shape[0]
+        embed_dim = _shape(sd, "text_projection", 2)[1]
+        tw = _shape(sd, "ln_final.weight", 1)[0]
         text = TextTransformerConfig(
-            context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
-            width=tw, heads=_heads(tw, "text tower"), layers=_count(sd, r"^transformer\.resblocks\.(\d+)\."),
-            mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / tw, activation=activation)
+            context_length=_shape(sd, "positional_embedding", 2)[0], width=tw, heads=_heads(tw, "text tower"),
+            layers=_count(sd, r"^transformer\.resblocks\.(\d+)\."),
+            mlp_ratio=_shape(sd, "transformer.resblocks.0.mlp.c_fc.weight", 2)[0] / tw, activation=activation,
+            **_vocabulary(_shape(sd, "token_embedding.weight", 2)[0]))
         if "visual.proj" in sd:
-            width = sd["visual.conv1.weight"].shape[0]
-            patch = sd["visual.conv1.weight"].shape[-1]
-            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            width, _, _, patch = _shape(sd, "visual.conv1.weight", 4)
+            grid = round((_shape(sd, "visual.positional_embedding", 2)[0] - 1) ** 0.5)
             layers = _count(sd, r"^visual\.transformer\.resblocks\.(\d+)\.")
             vision = ViTConfig(image_size=patch * grid, patch_size=patch, width=width,
                                heads=_heads(width, "vision tower", layers), layers=layers,
-                               mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
+                               mlp_ratio=_shape(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2)[0] / width,
                                activation=activation)
         else:
             layers = tuple(_count(sd, rf"^visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4))
-            width = sd["visual.layer1.0.conv1.weight"].shape[0]
-            out = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            width = _shape(sd, "visual.layer1.0.conv1.weight", 4)[0]
+            out = round((_shape(sd, "visual.attnpool.positional_embedding", 2)[0] - 1) ** 0.5)
             vision = ResNetConfig(image_size=out * 32, layers=layers, width=width,
                                   heads=_heads(width * 32, "ResNet attention pool"))
     except KeyError as err:
         raise CliplabError(f"not an OpenAI/open_clip CLIP state dict (no tensor {err.args[0]!r})") from None
     return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)
+
+
+def _vocabulary(size: int) -> dict[str, Any]:
+    """The text config's vocabulary and pooling. OpenAI's and open_clip's code pools at the highest id of a
+    text; with OpenAI's BPE that is its end-of-text token (49407, the last id), where cliplab's default pools.
+    Another vocabulary keeps their rule (its end-of-text id is unknown)."""
+    if size == OPENAI_VOCAB:
+        return {"vocab_size": size}
+    return {"vocab_size": size, "eot_token_id": size - 1, "pool": "argmax"}

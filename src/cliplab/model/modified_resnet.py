@@ -66,10 +66,10 @@ class AttentionPool2d(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, 1+HW, C)
         x = x + self.positional_embedding.to(x.dtype)
-        nh, hs = self.heads, C // self.heads
+        nh, hs, T = self.heads, C // self.heads, x.shape[1]
         q = self.q_proj(x[:, :1]).view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
-        k = self.k_proj(x).view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, 1+HW, hs)
-        v = self.v_proj(x).view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, 1+HW, hs)
+        k = self.k_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs), T = 1+HW (no -1: B may be 0)
+        v = self.v_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hs)
         return self.c_proj(y.transpose(1, 2).reshape(B, C))  # (B, D)
 

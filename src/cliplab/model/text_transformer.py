@@ -8,7 +8,7 @@ from torch import nn
 from cliplab.config import CBOWTextConfig, TextTransformerConfig
 from cliplab.model.layers import Transformer
 
-__all__ = ["CBOWText", "TextTransformer", "batches_by_length", "eot_positions"]
+__all__ = ["CBOWText", "TextTransformer", "batches_by_length", "eot_positions", "pool_positions"]
 
 
 def eot_positions(tokens: torch.Tensor, eot_token_id: int) -> torch.Tensor:
@@ -16,6 +16,13 @@ def eot_positions(tokens: torch.Tensor, eot_token_id: int) -> torch.Tensor:
     is_eot = tokens == eot_token_id  # (B, L)
     first = is_eot.int().argmax(dim=-1)  # (B,)
     return torch.where(is_eot.any(dim=-1), first, torch.full_like(first, tokens.shape[-1] - 1))
+
+
+def pool_positions(tokens: torch.Tensor, cfg: TextTransformerConfig) -> torch.Tensor:
+    """The position each row of ``tokens`` (B, L) is pooled at, (B,): see ``TextTransformerConfig.pool``."""
+    if cfg.pool == "argmax":
+        return tokens.argmax(dim=-1)  # the first of equal maxima
+    return eot_positions(tokens, cfg.eot_token_id)
 
 
 def batches_by_length(tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -48,7 +55,7 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n_ctx = self.cfg.context_length
-        eot = eot_positions(tokens, self.cfg.eot_token_id)  # (B,)
+        eot = pool_positions(tokens, self.cfg)  # (B,)
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             # Causal attention: positions after the last end-of-text never reach a pooled feature, so
             # drop them (padding is most of a 77-token context). Exact, and several times faster.

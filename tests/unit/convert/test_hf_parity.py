@@ -12,7 +12,7 @@ from cliplab.cli.main import main
 from cliplab.config import CLIPConfig, PreprocessConfig, load_arch
 from cliplab.convert.foreign import load_foreign
 from cliplab.convert.hf import export_hf
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.model.build import create_model
 from cliplab.transforms import Preprocess
 
@@ -263,10 +263,59 @@ def test_legacy_eos_with_its_own_vocabulary(tmp_path):
                                                         vision_config=vision)).eval()
     hf.save_pretrained(tmp_path / "hf")
     ours, cfg, _ = load_model(tmp_path / "hf")
-    assert cfg.model.text.eot_token_id == 999
-    ids = torch.zeros(3, 16, dtype=torch.long)
-    for i, k in enumerate((3, 7, 12)):
+    assert cfg.model.text.eot_token_id == 999 and cfg.model.text.pool == "argmax"
+    ids = torch.zeros(5, 16, dtype=torch.long)
+    for i, k in enumerate((3, 7, 12, 5, 14)):
         ids[i, 0], ids[i, 1 : k + 1], ids[i, k + 1] = 998, torch.randint(3, 990, (k,)), 999
+    ids[3, 6], ids[4, 15] = 2, 2  # rows without the top id 999 (this tokenizer's end of text might be 2)
+    ids[4, 0], ids[4, 8] = 5, 997  # pooled at the highest id: 998 at 0 in row 3, 997 at 8 in row 4, as in HF
     assert _rel(ours.encode_text(ids), hf.get_text_features(input_ids=ids).pooler_output) <= 1e-5
     with pytest.raises(CliplabError, match="outside this model's vocabulary of 1000"):
         ours.encode_text(torch.full((1, 16), 49407))
+    export_hf(ours, cfg, tmp_path / "again")  # eos id 2 again: HF pools as before, and so does cliplab
+    back, cfg2, _ = load_model(tmp_path / "again")
+    assert cfg2.model == cfg.model
+    hf2 = transformers.CLIPModel.from_pretrained(tmp_path / "again").eval()
+    assert hf2.config.text_config.eos_token_id == 2
+    assert _rel(back.encode_text(ids), hf2.get_text_features(input_ids=ids).pooler_output) <= 1e-5
+
+
+@torch.no_grad()
+def test_eos_outside_the_vocabulary_is_said(tmp_path):
+    """transformers' default eos id (49407) with a small vocabulary: no text can hold it."""
+    text = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
+                max_position_embeddings=16, vocab_size=1000)
+    cfg = transformers.CLIPConfig(projection_dim=16, text_config=text, vision_config=dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=16,
+        patch_size=8))
+    transformers.CLIPModel(cfg).save_pretrained(tmp_path / "hf")
+    with pytest.warns(CliplabWarning, match="eos_token_id 49407 is outside the vocabulary of 1000"):
+        _, got, _ = load_model(tmp_path / "hf")
+    assert got.model.text.pool == "argmax"
+
+
+@torch.no_grad()
+def test_legacy_config_dicts_override_as_in_transformers(tmp_path):
+    """``text_config_dict`` / ``vision_config_dict`` (old transformers files): transformers builds each tower
+    from it alone, its defaults filling the rest."""
+    import json
+
+    small = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+                 max_position_embeddings=16)
+    vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=32,
+                  patch_size=16)
+    torch.manual_seed(0)
+    transformers.CLIPModel(transformers.CLIPConfig(projection_dim=16, text_config=small,
+                                                   vision_config=vision)).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["text_config_dict"] = {**small, "hidden_act": "gelu"}
+    data["vision_config_dict"] = {**vision, "hidden_act": "gelu", "layer_norm_eps": 1e-6}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    hf = transformers.CLIPModel.from_pretrained(tmp_path).eval()
+    ours, cfg, _ = load_model(tmp_path)
+    assert cfg.model.text.activation == hf.config.text_config.hidden_act == "gelu"
+    assert cfg.model.vision.ln_eps == hf.config.vision_config.layer_norm_eps == 1e-6
+    ids = torch.tensor([[49406, 320, 1125, 49407, 0, 0]])
+    assert _rel(ours.encode_text(ids), hf.get_text_features(input_ids=ids).pooler_output) <= 1e-5
+    images = torch.randn(2, 3, 32, 32)
+    assert _rel(ours.encode_image(images), hf.get_image_features(pixel_values=images).pooler_output) <= 1e-5

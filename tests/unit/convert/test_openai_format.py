@@ -245,3 +245,38 @@ def test_verified_download_is_converted_once_to_safetensors(tmp_path, monkeypatc
     with pytest.raises(CliplabError, match="checksum mismatch"):
         download("Bad", cache_dir=tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [path.name]  # nothing left behind
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("text_projection", torch.zeros(128), r"tensor text_projection has shape \[128\]; .* has 2 dimensions"),
+    ("ln_final.weight", torch.tensor(1.0), r"tensor ln_final\.weight has shape \[\]; .* has 1 dimension there"),
+    ("visual.conv1.weight", torch.zeros(128, 3, 16), r"tensor visual\.conv1\.weight has shape \[128, 3, 16\]"),
+])
+def test_tensors_with_the_wrong_number_of_dimensions_are_one_line(tmp_path, capsys, key, value, message):
+    from cliplab.checkpoint import CheckpointError
+    from cliplab.cli.main import main
+
+    sd = to_openai(create_model(load_arch("ViT-Tiny-32px")).state_dict())
+    sd[key] = value
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=r"odd\.pt: " + message):
+        load_model(tmp_path / "odd.pt", activation="gelu")
+    assert main(["convert", str(tmp_path / "odd.pt"), str(tmp_path / "out"), "--activation", "gelu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_another_vocabulary_pools_as_openai_code_does():
+    """OpenAI's and open_clip's code pools at the highest id; with another vocabulary than OpenAI's BPE its
+    end-of-text id is unknown, so that rule is kept (and the config stays valid)."""
+    import dataclasses
+
+    arch = load_arch("ViT-Tiny-32px")
+    small = dataclasses.replace(arch, text=dataclasses.replace(arch.text, vocab_size=1000, eot_token_id=999))
+    with torch.device("meta"):
+        sd = to_openai(create_model(small).state_dict())
+    got = infer_config(sd, activation=arch.text.activation)
+    assert (got.text.vocab_size, got.text.eot_token_id, got.text.pool) == (1000, 999, "argmax")
+    with torch.device("meta"):
+        assert infer_config(to_openai(create_model(arch).state_dict()), activation=arch.text.activation).text.pool \
+            == "eot"

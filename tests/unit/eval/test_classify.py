@@ -30,9 +30,29 @@ def test_classify_runs_in_eval_mode_and_restores_the_mode(resnet):
 
 
 def test_classify_restores_the_mode_after_an_error(resnet):
-    with pytest.raises(CliplabError, match="encode_image"):
-        cliplab.classify([torch.zeros(3, 32, 32)], LABELS, resnet)  # wrong size for a 64 px model
+    with pytest.raises(CliplabError, match="templates: the list is empty"):  # raised while in eval mode
+        cliplab.classify([torch.zeros(3, 64, 64)], LABELS, resnet, templates=[])
     assert resnet.training
+
+
+def test_classify_restores_each_submodule_mode():
+    model = cliplab.create_model("RN-Tiny-64px")
+    model.train()
+    model.visual.eval()  # e.g. fine-tuning the text tower with the ResNet's BatchNorm statistics frozen
+    modes = {name: m.training for name, m in model.named_modules()}
+    cliplab.classify(torch.zeros(1, 3, 64, 64), LABELS, model)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+@pytest.mark.parametrize("images", [[torch.zeros(3, 64, 64), torch.zeros(3, 32, 32)], torch.zeros(2, 3, 32, 32)])
+def test_images_of_another_size_are_one_line(resnet, images):
+    with pytest.raises(CliplabError, match=r"image (1|0) has shape \(3, 32, 32\); the model takes \(3, 64, 64\)"):
+        cliplab.classify(images, LABELS, resnet)
+
+
+def test_labels_may_be_any_iterable(resnet):
+    rows = cliplab.classify(torch.zeros(1, 3, 64, 64), (label for label in LABELS), resnet)
+    assert {r["label"] for r in rows[0]} == set(LABELS)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -202,3 +202,32 @@ def test_pixels_meet_a_cast_model_in_its_dtype(name):
     torch.testing.assert_close(feats, torch.nn.functional.normalize(want, dim=-1).float())
     np.testing.assert_allclose(embed_images(list(images), model, preprocess=lambda x: x, normalize=False),
                                want.float().numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ViT-Tiny-32px", "RN-Tiny-64px"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_an_empty_image_batch_gives_no_embeddings(name, grad):
+    model = create_model(load_arch(name)).eval()
+    s = model.image_size
+    with torch.set_grad_enabled(grad):
+        out = model.encode_image(torch.zeros(0, 3, s, s))
+    assert out.shape == (0, model.cfg.embed_dim)
+
+
+def test_argmax_pooling_takes_the_first_highest_id():
+    """``pool="argmax"`` (OpenAI's and open_clip's rule, HF's legacy configs): the position of the highest id."""
+    import dataclasses
+
+    from cliplab.model.text_transformer import pool_positions
+
+    arch = load_arch("ViT-Tiny-32px")
+    text = dataclasses.replace(arch.text, vocab_size=100, eot_token_id=99, pool="argmax")
+    tokens = torch.tensor([[98, 5, 99, 0, 0], [98, 5, 97, 2, 0], [1, 97, 3, 97, 0]])
+    assert pool_positions(tokens, text).tolist() == [2, 0, 1]
+    torch.manual_seed(0)
+    model = create_model(dataclasses.replace(arch, text=text)).eval()
+    t = model.text
+    with torch.no_grad():
+        x = t.token_embedding(tokens) + t.positional_embedding[: tokens.shape[1]]  # (B, L, C)
+        want = t.proj(t.ln_final(t.transformer(x, causal=True)[torch.arange(3), torch.tensor([2, 0, 1])]))
+        torch.testing.assert_close(model.encode_text(tokens), want, rtol=1e-5, atol=1e-6)
