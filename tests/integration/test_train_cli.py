@@ -303,3 +303,12 @@ def test_fp16_steps_that_overflow_are_logged_as_skipped_and_end_the_run_when_the
             .splitlines()]
     assert [(r["loss"], r["grad_norm"], r.get("skipped", False)) for r in rows] == \
         [(1.5, 3.0, False)] * 2 + [(None, None, True)] * 20
+
+
+def test_siglip_fine_tuning_of_a_clip_model_starts_from_siglips_scale_and_bias(tmp_path):
+    """CLIP's scale (100 for OpenAI's weights) with bias -10 would put every negative far above zero."""
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(tmp_path / "clip")]) == 0
+    assert main(["train", *COMMON, "--init-from", str(tmp_path / "clip"), "--loss", "siglip", "--lr", "0",
+                 "--steps", "1", "--output", str(tmp_path / "sig")]) == 0
+    model, _, _ = cliplab.load(tmp_path / "sig")
+    assert model.logit_scale.item() == pytest.approx(math.log(10)) and model.logit_bias.item() == -10.0

@@ -385,3 +385,36 @@ def test_resumed_fine_tuning_with_accumulation_is_bit_exact(tmp_path):
     assert run_losses(part) == run_losses(full)
     a, b = cliplab.load(full)[0].state_dict(), cliplab.load(part)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_optimizer_settings_take_effect_on_resume(tmp_path, capsys):
+    """The optimizer's saved state carries its hyper-parameters; the run's own settings go back on top."""
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "2", "--output", str(run)]) == 0
+    assert main(["train", "--resume", "latest", "--steps", "3", "--output", str(run), "optim.weight_decay=0.05",
+                 "optim.eps=1e-3", "optim.betas=[0.5,0.6]"]) == 0
+    assert "optim.weight_decay: 0.2 -> 0.05" in capsys.readouterr().out
+    groups = load_trainer_state(resolve_run_dir(run))["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], g["eps"], tuple(g["betas"])) for g in groups] == \
+        [(0.05, 1e-3, (0.5, 0.6)), (0.0, 1e-3, (0.5, 0.6))]
+
+
+def test_a_time_budget_is_the_runs_and_more_steps_need_more_budget(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *COMMON, "--steps", "100000", "--time-budget-minutes", "0.01", "--output", str(run)]) == 0
+    first = json.loads((run / "summary.json").read_text())["steps"]
+    assert 0 < first < 100000
+    capsys.readouterr()
+    assert main(["train", "--resume", "latest", "--steps", "200000", "--output", str(run)]) == 0
+    assert "the run has used its 0.01-minute time budget" in capsys.readouterr().out
+    assert main(["train", "--resume", "latest", "--time-budget-minutes", "0.02", "--output", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] > first
+
+
+def test_resuming_from_a_run_onto_other_data_reads_that_datas_format(tmp_path, capsys):
+    """The saved settings hold the format the first run's data had (synthetic); new data brings its own."""
+    assert main(["train", *COMMON, "--steps", "1", "--output", str(tmp_path / "synthetic")]) == 0
+    data = tiny_csv(tmp_path / "data")
+    assert main(["train", "--resume", str(tmp_path / "synthetic"), "--train-data", str(data), "--steps", "2",
+                 "--output", str(tmp_path / "csv")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "csv" / "config.json").read_text())["train"]["data"]["format"] == "csv"

@@ -81,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides, flags)
     saved = saved_settings(cfg.resume, cfg.output) if cfg.resume else None
     if saved is not None:  # a resumed run keeps its settings; what this command line gives goes on top
-        cfg = load_train_config(args.config, args.overrides, flags, base=saved)
+        base, data = saved, saved.get("data") if isinstance(saved.get("data"), dict) else {}
+        if cfg.data.train_data is not None and cfg.data.train_data != data.get("train_data"):
+            base = {**saved, "data": {**data, "format": "auto"}}  # new data: its own format, unless given
+        cfg = load_train_config(args.config, args.overrides, flags, base=base)
         changes = changed_settings(saved, cfg)
         if changes and int(os.environ.get("RANK", "0")) == 0:
             print(f"note: resuming with changed settings: {'; '.join(changes)}", flush=True)

@@ -35,6 +35,8 @@ def read_rows(
     path = Path(path)
     if sep == "," and path.suffix.lower() == ".tsv":
         sep = "\t"
+    # a caption longer than the csv module's default 131,072 characters is one bad row, not a bad file
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # -sig: drop a BOM
             # strict: a quote left open is an error, not a caption that swallows the rest of the file
@@ -63,16 +65,17 @@ def _parse(reader, path: Path, columns: list[str]) -> tuple[list[list[str]], lis
     rows, lines = [], []
     last_end = reader.line_num  # where the last record ended: the next one starts on the line after
     while True:
+        start = last_end + 1  # a quoted caption may span lines: a row is named by its first
         try:
             row = next(reader)
         except StopIteration:
             return rows, lines
         except csv.Error as err:
-            raise _malformed(path, last_end + 1, err) from None
+            raise _malformed(path, start, err) from None
         last_end = reader.line_num
         if row:
             rows.append([row[i] if i < len(row) else "" for i in idx])
-            lines.append(reader.line_num)
+            lines.append(start)
 
 
 class CsvDataset(Dataset):

@@ -3,8 +3,8 @@
 A sample is the group of tar members that share a key: an image (``.jpg``, ``.png``, ``.webp`` or another
 extension a folder of images may hold) and a caption
 (``.txt``, or ``.json`` with a ``caption``/``text``/``title`` field). Shards are shuffled per epoch,
-samples go through a shuffle buffer, and shards are split across ranks and then DataLoader workers so no
-sample is read twice per epoch; ``resampled=True`` draws shards with replacement forever (for step-based
+samples go through a shuffle buffer, and shards are dealt anew each epoch across ranks and then DataLoader
+workers so no sample is read twice per epoch; ``resampled=True`` draws shards with replacement forever (for step-based
 training on many nodes). Unreadable shards and samples come out as :class:`BadSample`.
 """
 
@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import os
+import random
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -156,9 +157,12 @@ class ShardDataset(IterableDataset):
                                     worker_seed=lambda: self.rank * 1000 + role, deterministic=True),
                 wds.tarfile_to_samples(handler=errors),
             )
-        else:
+        else:  # the shard list is shuffled the same way on every rank and worker before it is split, so
+            # each epoch deals different shards to each of them; webdataset then shuffles each one's share
+            urls = list(self.urls)
+            random.Random(self.seed + 1000 * self.epoch).shuffle(urls)
             pipeline = wds.WebDataset(
-                self.urls,
+                urls,
                 handler=errors,
                 shardshuffle=1000,
                 nodesplitter=functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),

@@ -5,13 +5,15 @@ first-touch of buffers, a busy disk). From then on the plan is redone every ``ev
 steady speed measured since the first plan, so a slow start no longer leaves most of the budget unused
 and a machine that slows down later still ends on time. The learning-rate schedule follows the planned
 total, so a re-plan moves the cosine's progress by the plan's error, which shrinks as the run goes on.
+
+The budget is the run's, not a session's: a resumed run has what its earlier sessions left.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TimeBudget"]
+__all__ = ["TimeBudget", "run_budget"]
 
 OVERRUN = 1.15  # past this fraction of the budget, stop whatever the plan says
 
@@ -40,3 +42,15 @@ class TimeBudget:
         if elapsed > OVERRUN * self.seconds:
             total = min(total, step)  # slower than any plan foresaw: stop here, keep the budget
         return total
+
+
+def run_budget(minutes: float, spent: float, start: int, total: int, cap: int) -> tuple[TimeBudget | None, int]:
+    """This session's budget, for a run whose earlier sessions trained ``spent`` seconds and stopped at step
+    ``start`` of a planned ``total``, and the total to go on with: that plan, or the configured ``cap`` once the
+    plan is done (a larger ``--steps``). ``(None, start)``: the budget is used up."""
+    left = 60 * minutes - spent
+    if left <= 0:
+        return None, start
+    if total <= start:
+        total = cap
+    return TimeBudget(left, start, cap=cap, probe=min(20, max(1, (total - start) // 10))), total

@@ -156,7 +156,10 @@ class TrainConfig:
             (o.grad_clip_norm is None or o.grad_clip_norm > 0,
              "optim.grad_clip_norm must be > 0 (or null: no clipping)"),
             (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
-            (self.time_budget_minutes is None or self.time_budget_minutes > 0, "time_budget_minutes must be > 0"),
+            (self.time_budget_minutes is None or 0 < self.time_budget_minutes < math.inf,
+             "time_budget_minutes must be > 0 and finite (or null: no budget)"),
+            (0 <= self.seed < 2**63 and 0 <= d.synthetic_seed < 2**63,
+             f"seed and data.synthetic_seed must be in [0, 2^63), got {self.seed} and {d.synthetic_seed}"),
             (not (self.lock_image and self.lock_text),
              "lock_image and lock_text together leave only the temperature to train; lock one tower (LiT)"),
         ]
@@ -206,6 +209,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         if key not in known:
             raise CliplabError(f"unknown training config key {name!r} (known: {', '.join(sorted(known))})")
         if dataclasses.is_dataclass(hints[key]):
+            value = {} if value is None else value  # a YAML section with every key commented out
             if not isinstance(value, dict):
                 raise CliplabError(f"{name}: expected a mapping")
             kwargs[key] = _build(hints[key], value, name)

@@ -24,7 +24,7 @@ from cliplab.config import CLIPConfig, ModelConfig, TokenizerConfig, load_arch
 from cliplab.errors import CliplabError
 from cliplab.fileio import write_json, write_text
 from cliplab.precision import autocast
-from cliplab.train.budget import TimeBudget
+from cliplab.train.budget import run_budget
 from cliplab.train.config import TrainConfig, to_dict
 from cliplab.train.guard import die_with_launcher, lock_run
 from cliplab.train.optim import build_optimizer, lr_at
@@ -102,10 +102,14 @@ def _build_model(cfg: TrainConfig, tokenizer: Path | None,
             raise CliplabError(f"--model {cfg.model}: differs from the architecture of --init-from "
                                f"{cfg.init_from} ({clip_cfg.name or 'unnamed'}); a fine-tuned model keeps its "
                                "checkpoint's architecture, so drop --model")
-        if cfg.loss == "siglip" and model.logit_bias is None:  # a CLIP-trained model fine-tuned with SigLIP
+        if cfg.loss == "siglip" and model.logit_bias is None:  # a CLIP-trained model
+            # fine-tuned with SigLIP starts from SigLIP's scale and bias: CLIP's scale (100 for OpenAI's) with
+            # bias -10 would put the negatives' logits far above zero
+            with torch.no_grad():
+                model.logit_scale.fill_(SIGLIP_INIT[0])
             model.logit_bias = torch.nn.Parameter(torch.tensor(SIGLIP_INIT[1]))
-            clip_cfg = dataclasses.replace(clip_cfg, model=dataclasses.replace(clip_cfg.model,
-                                                                               init_logit_bias=SIGLIP_INIT[1]))
+            clip_cfg = dataclasses.replace(clip_cfg, model=dataclasses.replace(
+                clip_cfg.model, init_logit_scale=SIGLIP_INIT[0], init_logit_bias=SIGLIP_INIT[1]))
             model.cfg = clip_cfg.model
         if not clip_cfg.tokenizer.vocab:
             return model, clip_cfg, None
@@ -267,6 +271,13 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
             print(f"note: the run was scheduled for {total} steps; --epochs {cfg.epochs} makes it {planned} "
                   "(the learning-rate schedule stretches to the new length)", flush=True)
         total = planned
+    budget = None
+    if cfg.time_budget_minutes:  # the run's: earlier sessions' training time counts
+        cap = cfg.steps or (cfg.epochs * data.steps_per_epoch if cfg.epochs and data.steps_per_epoch else total)
+        budget, total = run_budget(cfg.time_budget_minutes, at.seconds, start, total, cap)
+        if budget is None and main and progress:
+            print(f"nothing to train: the run has used its {cfg.time_budget_minutes:g}-minute time budget (give "
+                  "a larger --time-budget-minutes, or time_budget_minutes=null to train to --steps)", flush=True)
     if world > 1:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
@@ -292,14 +303,12 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
         print(f"training {clip_cfg.name or 'model'} for {total} steps, global batch {global_batch} "
               f"({world} process{'es' if world > 1 else ''} x {cfg.batch_size} x {cfg.accum_steps} accum), "
               f"{cfg.precision} on {device}", flush=True)
-    budget = None if not cfg.time_budget_minutes else TimeBudget(
-        60 * cfg.time_budget_minutes, start, cap=total, probe=min(20, max(1, total // 10)))
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
     step = start
     last_save = None
     samples_seen = 0
-    if start >= total and main and progress:
+    if start >= total and main and progress and (budget is not None or not cfg.time_budget_minutes):
         print(f"nothing to train: the checkpoint is at step {start} of {total} "
               "(give more --steps or --epochs to go on)", flush=True)
     try:  # the bar ends its line before any error message

@@ -97,6 +97,9 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
     except ValueError:
         raise CliplabError(f"--resume {resume_from}: its optimizer state is for other trainable parameters "
                            "(--lock-image / --lock-text must be as in the run being resumed)") from None
+    for group, decay in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0), strict=False):
+        group.update(betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, weight_decay=decay)  # this run's settings,
+        # not the checkpoint's (as build_optimizer made them: the decayed group, then the rest)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     step, total = int(state["step"]), int(state["total_steps"])

@@ -243,7 +243,8 @@ def test_a_quote_left_open_is_an_error_naming_its_line(tmp_path):
         read_rows(tmp_path / "d.csv", ["filepath", "title"])
     (tmp_path / "e.csv").write_text('filepath,title\na.png,"a ""quoted"" word"\nb.png,"two\nlines"\n')
     rows, lines = read_rows(tmp_path / "e.csv", ["filepath", "title"])
-    assert rows == [["a.png", 'a "quoted" word'], ["b.png", "two\nlines"]] and lines == [2, 4]
+    # a row is named by the line it starts on
+    assert rows == [["a.png", 'a "quoted" word'], ["b.png", "two\nlines"]] and lines == [2, 3]
 
 
 def test_json_captions_must_be_strings_and_broken_shards_are_named(tmp_path, transform, tokenizer):
@@ -314,3 +315,29 @@ def test_an_unfinished_set_of_shards_is_refused_then_replaced(tmp_path, transfor
     # another prefix's marker in the same folder says nothing about these shards
     (out / "b-shards.incomplete").touch()
     assert len(ShardDataset(str(out / "00000.tar"), transform, tokenizer).urls) == 1
+
+
+def test_a_row_spanning_lines_is_named_by_its_first_line_and_a_huge_caption_is_one_row(tmp_path):
+    from cliplab.data.csv import read_rows
+
+    path = tmp_path / "lines.csv"
+    path.write_text('filepath,title\na.png,"a caption\nover\nthree lines"\n\nb.png,' + "x" * 200_000 + "\n")
+    rows, lines = read_rows(path, ["filepath", "title"])
+    assert lines == [2, 6] and rows[0] == ["a.png", "a caption\nover\nthree lines"] and len(rows[1][1]) == 200_000
+
+
+def test_each_epoch_deals_the_shards_anew(tmp_path, transform, tokenizer):
+    """Split before shuffling, each rank (and worker) would read the same shards every epoch."""
+    imgs = [_image(tmp_path / "img" / f"{i}.png", colour=(i * 20, 0, 0)) for i in range(8)]
+    write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=1)
+    deals = []
+    for epoch in range(4):
+        per_rank = []
+        for rank in range(2):
+            ds = ShardDataset(str(tmp_path / "s" / "{00000..00007}.tar"), transform, tokenizer, shuffle_buffer=1,
+                              rank=rank, world_size=2)
+            ds.set_epoch(epoch)
+            per_rank.append(frozenset(tuple(tok[:4].tolist()) for _, tok in ds))
+        assert len(per_rank[0]) == len(per_rank[1]) == 4 and not per_rank[0] & per_rank[1]
+        deals.append(per_rank[0])
+    assert len(set(deals)) > 1

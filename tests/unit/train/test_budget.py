@@ -44,3 +44,13 @@ def test_an_overrun_stops_at_once():
     budget = TimeBudget(100.0, 0, cap=10**6)
     assert budget.plan(20, 10.0, 10**6) == 200  # 0.5 s a step: 180 more steps fit
     assert budget.plan(21, OVERRUN * 100 + 1, 200) == 21
+
+
+def test_the_budget_is_the_runs_and_a_larger_steps_goes_on_where_the_plan_ended():
+    from cliplab.train.budget import run_budget
+
+    budget, total = run_budget(1.0, spent=45.0, start=300, total=400, cap=1000)  # killed at step 300 of 400
+    assert total == 400 and budget.seconds == 15.0 and budget.cap == 1000
+    budget, total = run_budget(1.0, spent=45.0, start=400, total=400, cap=1000)  # the plan done: --steps 1000
+    assert total == 1000 and budget.seconds == 15.0
+    assert run_budget(1.0, spent=61.0, start=400, total=400, cap=1000) == (None, 400)  # the budget used up

@@ -120,3 +120,19 @@ def test_data_format_is_told_by_suffix_and_folder_first(tmp_path):
     assert infer_format("shards/{00000..00009}.tar") == infer_format("a.tar::b.tar") == "wds"
     with pytest.raises(CliplabError, match="nodir: no such file or folder"):
         infer_format(str(tmp_path / "nodir"))
+
+
+@pytest.mark.parametrize("override, match", [
+    ("seed=-1", "seed and data.synthetic_seed must be in"),
+    ("data.synthetic_seed=-3", "seed and data.synthetic_seed must be in"),
+    ("time_budget_minutes=.inf", "time_budget_minutes must be > 0 and finite"),
+])
+def test_seeds_and_the_budget_are_checked_before_any_work(override, match):
+    with pytest.raises(CliplabError, match=match):
+        load_train_config(None, [override])
+
+
+def test_a_yaml_section_with_every_key_commented_out_is_an_empty_section(tmp_path):
+    (tmp_path / "run.yaml").write_text("steps: 3\ndata:\n  # workers: 0\noptim:\n  # lr: 1e-3\n")
+    cfg = load_train_config(str(tmp_path / "run.yaml"), [])
+    assert cfg.steps == 3 and cfg.data.workers == 1 and cfg.optim.lr == OptimConfig().lr
