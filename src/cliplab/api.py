@@ -117,10 +117,13 @@ def load_model(
 
         path = weights.download(name, pretrained, cache_dir=cache_dir)
     cfg, sd, root = _read_any(path, allow_unsafe, arch, activation)
-    for key, value in sd.items():  # in place: each source tensor is freed as its copy is made
-        sd[key] = _owned(value)
     with torch.device("meta"):
         model = _build(cfg.model)
+    counters = {k for k, v in model.state_dict().items() if not v.is_floating_point()}  # BatchNorm's
+    for key, value in sd.items():  # in place: each source tensor is freed as its copy is made
+        if key in counters and value.is_floating_point():  # a state dict cast to half wholesale
+            value = value.round().long()
+        sd[key] = _owned(value)
     model.load_state_dict(sd, assign=True)
     model = model.to(device).eval()
     model.loaded_from = (cfg, root)  # lets classify() find the weights' own preprocessing and tokenizer

@@ -183,8 +183,8 @@ def _kind(t: torch.Tensor) -> str:
 
 def validate_state_dict(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Raise a one-line :class:`CheckpointError` unless ``sd`` has exactly the config's names and shapes, and
-    floating-point tensors where the model has them (any precision), integer ones for its counters
-    (BatchNorm's ``num_batches_tracked``)."""
+    floating-point tensors where the model has them (any precision) and real numbers for its counters
+    (BatchNorm's ``num_batches_tracked``, which a checkpoint cast to half wholesale holds as floats)."""
     meta = _meta_state(cfg)
     want = {k: tuple(v.shape) for k, v in meta.items()}
     missing = sorted(set(want) - set(sd))
@@ -201,6 +201,7 @@ def validate_state_dict(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source:
             raise CheckpointError(
                 f"{source}: tensor {key} has shape {list(sd[key].shape)} but the config expects {list(shape)}"
             )
-        if _kind(sd[key]) != _kind(meta[key]):
+        kind, need = _kind(sd[key]), _kind(meta[key])
+        if kind != need and not (need == "integer" and kind == "floating-point"):  # a counter cast to half
             raise CheckpointError(f"{source}: tensor {key} is {str(sd[key].dtype).removeprefix('torch.')}; the model "
                                   f"needs {_kind(meta[key])} values there")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import cliplab
 from cliplab.checkpoint import (
     CheckpointError,
     is_native,
@@ -161,11 +162,15 @@ def test_tensors_of_a_kind_the_model_cannot_use_are_refused(tmp_path, tiny, dtyp
     assert "\n" not in str(info.value)
 
 
-def test_any_float_precision_loads_and_counters_must_be_integers(tmp_path):
+def test_any_float_precision_loads_and_counters_may_be_cast_with_the_rest(tmp_path):
     cfg = CLIPConfig.for_model(load_arch("RN-Tiny-64px"))
     sd = {k: v.half() if v.is_floating_point() else v for k, v in create_model(cfg.model).state_dict().items()}
     save_checkpoint(sd, cfg, tmp_path / "half")  # fp16 weights with int64 counters: fine
     counter = next(k for k in sd if k.endswith("num_batches_tracked"))
-    sd[counter] = sd[counter].float()
-    with pytest.raises(CheckpointError, match=rf"tensor {counter} is float32; the model needs integer values"):
+    sd[counter] = torch.tensor(7.0, dtype=torch.float16)  # a state dict cast to half wholesale
+    save_checkpoint(sd, cfg, tmp_path / "all-half")
+    model, _, _ = cliplab.load(tmp_path / "all-half")
+    assert model.state_dict()[counter].dtype == torch.int64 and int(model.state_dict()[counter]) == 7
+    sd[counter] = torch.tensor(True)
+    with pytest.raises(CheckpointError, match=rf"tensor {counter} is bool; the model needs integer values"):
         save_checkpoint(sd, cfg, tmp_path / "x")
