@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image
@@ -219,7 +220,15 @@ def test_validation_under_ddp_uses_rank_0s_batch_norm_statistics(tmp_path):
 
     csv = _data(tmp_path / "data")
     results = mp.Manager().dict()
-    mp.start_processes(_validate_on_rank, args=(str(csv), 29536, results), nprocs=2, start_method="fork")
+    # spawned, not forked: a fork of this process, whose torch threads other tests have started, can hang
+    ctx = mp.start_processes(_validate_on_rank, args=(str(csv), 29536, results), nprocs=2, start_method="spawn",
+                             join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            pytest.fail("the two validating processes did not finish in 240 s")
     torch.manual_seed(0)
     model = create_model("RN-Tiny-64px")
     _set_statistics(model, seed=0)
