@@ -26,8 +26,8 @@ from cliplab.errors import CliplabError, CliplabWarning
 
 __all__ = ["load_foreign", "read_pickle", "read_safetensors", "with_activation"]
 
-UNSAFE_HINT = ("it needs full unpickling, which can run code from the file; if you trust it, pass "
-               "allow_unsafe=True (CLI: --allow-unsafe-pickle) once and keep the converted safetensors")
+UNSAFE_HINT = ("it needs full unpickling, which can run code from the file; if you trust it, convert it once "
+               "(cliplab convert SRC DST --allow-unsafe-pickle, or allow_unsafe=True) and use the converted folder")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ def resume_checkpoint(cfg: TrainConfig, run_dir: Path, main: bool) -> Path | Non
 
     if cfg.resume == "latest":
         found = resolve_run_dir(run_dir)
-        if found is None and main and (run_dir / "checkpoints").is_dir():
+        if found is None and main and run_dir.is_dir():  # killed before its first checkpoint
             print(f"note: no checkpoint in {run_dir} yet: starting from scratch", flush=True)
         return found
     ckpts = run_dir / "checkpoints"

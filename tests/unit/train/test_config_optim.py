@@ -136,3 +136,12 @@ def test_a_yaml_section_with_every_key_commented_out_is_an_empty_section(tmp_pat
     (tmp_path / "run.yaml").write_text("steps: 3\ndata:\n  # workers: 0\noptim:\n  # lr: 1e-3\n")
     cfg = load_train_config(str(tmp_path / "run.yaml"), [])
     assert cfg.steps == 3 and cfg.data.workers == 1 and cfg.optim.lr == OptimConfig().lr
+
+
+def test_the_example_config_in_the_readme_loads():
+    from pathlib import Path
+
+    path = Path(__file__).parents[3] / "examples" / "train.yaml"
+    cfg = load_train_config(str(path), ["optim.lr=1e-3"], {"batch_size": 64})  # flags over overrides over file
+    assert (cfg.model, cfg.batch_size, cfg.optim.lr, cfg.data.format, cfg.save_every) == \
+        ("ViT-B-32", 64, 1e-3, "csv", 1000)
