@@ -145,9 +145,10 @@ def _packed(block: Block, rows: int) -> dict[str, tuple[torch.Tensor, torch.Tens
 
 
 class _OptimizerSteps:
-    """Makes every torch optimizer step visible in its parameters' version counters. Fused optimizers
+    """Makes every fused optimizer step visible in its parameters' version counters. Fused optimizers
     (``AdamW(fused=True)``, which ``cliplab train`` uses) update weights without bumping them; after this hook
-    a step on a cache's own weights shows there, and a step on any other model's leaves the cache alone. (The
+    a step on a cache's own weights shows there, and a step on any other model's leaves the cache alone.
+    Parameters without a gradient, which the step leaves alone, are not marked. (The
     counters say a tensor was written in place, which a step does: autograd then also refuses a graph that
     saved a weight from before the step, as it does after an unfused step.) The hook is registered when the
     first cache is made (before that there is nothing to invalidate), not when cliplab is imported."""
@@ -155,8 +156,11 @@ class _OptimizerSteps:
     _handle = None
 
     @staticmethod
-    def hook(optimizer, args, kwargs) -> None:
-        torch.autograd.graph.increment_version([p for group in optimizer.param_groups for p in group["params"]])
+    def hook(optimizer, args, kwargs) -> None:  # only what a fused kernel wrote: other steps bump their own
+        stepped = [p for group in optimizer.param_groups if group.get("fused") for p in group["params"]
+                   if p.grad is not None]
+        if stepped:
+            torch.autograd.graph.increment_version(stepped)
 
     @classmethod
     def watch(cls) -> None:

@@ -1,4 +1,4 @@
-"""Whether forward hooks watch a module tree: asked once per tower call, so it must cost about a microsecond.
+"""Whether forward hooks watch a module tree: asked once per tower call, so it must cost a few microseconds.
 
 The CPU inference paths reuse buffers across blocks, write residual sums into a branch's output and skip
 sub-module calls; a hook would see overwritten or missing tensors. With hooks the towers run as a plain
@@ -17,8 +17,9 @@ from torch import nn
 
 __all__ = ["hooks_active"]
 
-# tree root -> (registration count when collected, every forward and forward-pre hook dict in the tree)
-_HOOK_DICTS: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[dict]]] = weakref.WeakKeyDictionary()
+# tree root -> (registration count when collected, weak references to every forward and forward-pre hook dict
+# in the tree). Weak: a hook that refers to its model (a feature extractor holding it) must not keep it alive.
+_HOOK_DICTS: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[weakref.ref]]] = weakref.WeakKeyDictionary()
 
 
 class _Registrations:
@@ -44,6 +45,6 @@ def hooks_active(root: nn.Module) -> bool:
     cached = _HOOK_DICTS.get(root)
     if cached is None or cached[0] != _Registrations.count:
         _Registrations.watch()
-        dicts = [d for m in root.modules() for d in (m._forward_hooks, m._forward_pre_hooks)]
-        cached = _HOOK_DICTS[root] = (_Registrations.count, dicts)
-    return any(cached[1])
+        refs = [weakref.ref(d) for m in root.modules() for d in (m._forward_hooks, m._forward_pre_hooks)]
+        cached = _HOOK_DICTS[root] = (_Registrations.count, refs)
+    return any(ref() for ref in cached[1])  # a dict gone with its module is empty

@@ -84,6 +84,11 @@ def _explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
             and (q.requires_grad or k.requires_grad) and not (_exporting() or torch.compiler.is_compiling()))
 
 
+def _traced() -> bool:
+    """Under export or torch.compile, which trace a graph of their own: no in-place writes of ours."""
+    return _exporting() or torch.compiler.is_compiling()
+
+
 def _exporting() -> bool:
     """Inside a TorchScript trace or an ONNX export, which want the plain, out-of-place graph."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
@@ -112,7 +117,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
         """``plain``: the activation out of place, a call of ``act`` (see :func:`plain_forward`)."""
         h = self.fc(x)  # (..., hidden)
-        if plain or (torch.is_grad_enabled() and h.requires_grad) or _exporting():
+        if plain or (torch.is_grad_enabled() and h.requires_grad) or _traced():
             return self.proj(self.act(h))
         return self.proj(_activate_inplace(self.act, h))
 
@@ -164,9 +169,10 @@ class Block(nn.Module):
 
 def _residual(x: torch.Tensor, branch: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """``x + branch``, written into the branch's fresh output when the dtypes agree (no new allocation; autograd
-    keeps no GEMM output), unless ``plain`` (a hook may hold that output). Under autocast the branch is low
-    precision and the sum stays in x's."""
-    if plain or branch.dtype != x.dtype or branch.shape != x.shape:
+    keeps no GEMM output), unless ``plain`` (a hook may hold that output) or traced (a compiled graph would keep
+    the write under hooks too; inductor writes in place where it may on its own). Under autocast the branch is
+    low precision and the sum stays in x's."""
+    if plain or branch.dtype != x.dtype or branch.shape != x.shape or _traced():
         return x + branch
     return branch.add_(x)
 

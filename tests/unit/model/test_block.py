@@ -250,6 +250,21 @@ def test_a_step_of_another_optimizer_leaves_a_stamp_valid():
     assert not cpu_inference._unchanged(stamp, [w])
 
 
+def test_the_step_hook_marks_only_what_a_fused_step_wrote():
+    """A parameter without a gradient is left alone by a step: a graph that saved it before the step must
+    still run backward after it, as it does without the hook."""
+    cpu_inference._stamp([])  # installs the hook, as the first cache does
+    stepped, idle, z = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
+    for fused in (False, True):
+        opt = torch.optim.AdamW([stepped, idle], lr=0.1, fused=fused)
+        pending = (idle * z).sum()  # saves idle (and z) for its backward
+        stepped.sum().backward()
+        opt.step()
+        pending.backward()  # raised "modified by an inplace operation" when the hook marked idle too
+        assert torch.equal(z.grad, idle.detach()) and idle.grad is not None
+        stepped.grad = idle.grad = z.grad = None
+
+
 def test_stamped_weights_can_still_be_swapped():
     """A cache's stamp must not hold weak references: torch.utils.swap_tensors refuses tensors that have one,
     and `.to` / `load_state_dict` swap under torch.__future__.set_swap_module_params_on_conversion(True)."""

@@ -138,3 +138,34 @@ def test_no_hooks_keeps_the_fast_path(monkeypatch):
     with torch.no_grad():
         m.encode_image(torch.randn(2, 3, 32, 32))
     assert calls  # the blocks before the last take the folded path
+
+
+def test_a_hook_that_holds_its_model_does_not_keep_it_alive():
+    """The hook-dict cache holds the dicts weakly: a feature extractor whose hook refers to the model would
+    otherwise keep every model it ever watched."""
+    import gc
+    import weakref
+
+    m = _model()
+    feats = []
+    m.visual.transformer.blocks[0].register_forward_hook(lambda mod, args, out, model=m: feats.append(out))
+    with torch.no_grad():
+        m.encode_image(torch.randn(2, 3, 32, 32))
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None and len(feats) == 1
+
+
+def test_hooks_under_torch_compile_see_outputs_nothing_overwrites():
+    """A compiled graph keeps our in-place writes: traced, the block writes nothing in place (inductor does
+    where it may)."""
+    torch._dynamo.reset()
+    blk = _model().visual.transformer.blocks[0]
+    x = torch.randn(2, 5, blk.ln_1.weight.shape[0])  # (B, T, C)
+    compiled = torch.compile(blk, backend="aot_eager")
+    with torch.no_grad():
+        got = _capture([blk], lambda: compiled(x))
+    assert got, "no hook ran"
+    for key, (after, at_hook) in got.items():
+        torch.testing.assert_close(after, at_hook, rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
