@@ -308,8 +308,29 @@ def model_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
     return dataclasses.replace(
         base,
         vision=_tower(data["vision"], VISION_CONFIGS, f"{where}.vision"),
-        text=_tower(data["text"], TEXT_CONFIGS, f"{where}.text"),
+        text=_tower(_older_text(data["text"], f"{where}.text"), TEXT_CONFIGS, f"{where}.text"),
     )
+
+
+def _older_text(data: Any, where: str) -> Any:
+    """A text tower written before ``pool`` existed, whose end-of-text id lies outside its vocabulary (a
+    foreign vocabulary converted with OpenAI's id, or an architecture file that leaves the id to a learned
+    tokenizer): its end-of-text token is taken to be the vocabulary's last id and, for a Transformer, texts
+    are pooled at their highest id, as OpenAI's code does. Refused when ``pool`` is given."""
+    if not isinstance(data, dict) or "pool" in data or not isinstance(data.get("vocab_size"), int):
+        return data
+    vocab, eot = data["vocab_size"], data.get("eot_token_id", TextTransformerConfig.eot_token_id)
+    if not isinstance(eot, int) or eot < vocab or vocab < 1:
+        return data
+    import warnings
+
+    from cliplab.errors import CliplabWarning
+
+    if "eot_token_id" in data:  # a file's own id, not the default an architecture file leaves to a tokenizer
+        warnings.warn(f"{where}.eot_token_id {eot} is outside the vocabulary of {vocab} tokens: taking "
+                      f"{vocab - 1} and pooling each text at its highest id, as OpenAI's code does", CliplabWarning,
+                      stacklevel=3)
+    return {**data, "eot_token_id": vocab - 1, **({"pool": "argmax"} if data.get("type") == "transformer" else {})}
 
 
 def from_dict(data: dict[str, Any]) -> CLIPConfig:

@@ -94,3 +94,26 @@ def test_text_pooling_round_trips_and_the_default_is_not_written():
     data = to_dict(argmax)
     assert data["model"]["text"]["pool"] == "argmax"
     assert from_dict(json.loads(json.dumps(data))) == argmax
+
+
+def test_a_file_from_before_text_pooling_with_a_foreign_vocabulary_still_loads(tmp_path):
+    """Written before ``pool`` existed, with OpenAI's end-of-text id and a vocabulary of 1,000: it pools at
+    each text's highest id (a note says so) rather than failing to load; an architecture file that leaves the
+    id to a learned tokenizer loads without a note."""
+    from cliplab.config import model_from_dict, model_to_dict
+    from cliplab.errors import CliplabWarning
+
+    data = model_to_dict(load_arch("ViT-Tiny-32px"))
+    data["text"] = {**data["text"], "vocab_size": 1000, "eot_token_id": 49407}
+    with pytest.warns(CliplabWarning, match="eot_token_id 49407 is outside the vocabulary of 1000 tokens"):
+        text = model_from_dict(data).text
+    assert (text.eot_token_id, text.pool) == (999, "argmax")
+    with pytest.raises(ConfigError, match="outside the vocabulary"):  # a file that says how to pool is taken at
+        model_from_dict({**data, "text": {**data["text"], "pool": "eot"}})  # its word
+    (tmp_path / "arch.json").write_text(json.dumps({**data, "text": {
+        k: v for k, v in data["text"].items() if k != "eot_token_id"}}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_arch(tmp_path / "arch.json").text.eot_token_id == 999
