@@ -113,6 +113,15 @@ def test_a_text_store_holds_each_text_once_however_it_was_built(world, tmp_path,
         assert _column(EmbeddingStore(tmp_path / store / "texts"), "caption") == ["a cat", "a dog", "a bird"]
 
 
+def test_csv_captions_are_texts_as_a_text_files_lines_are(world, tmp_path, capsys):
+    """Stripped as a .txt file's lines are: "a cat " is the text "a cat", stored once."""
+    root, _ = world
+    (tmp_path / "t.csv").write_text('title\na cat\n"a cat "\n" a dog"\n')
+    assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "imgs"), "--texts",
+                 str(tmp_path / "t.csv"), "--csv-caption-key", "title", "--output", str(tmp_path / "s")]) == 0
+    assert _column(EmbeddingStore(tmp_path / "s" / "texts"), "caption") == ["a cat", "a dog"]
+
+
 def test_every_skipped_item_is_listed_in_the_store(world, tmp_path, capsys):
     root, files = world
     folder = tmp_path / "imgs"

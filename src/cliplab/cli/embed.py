@@ -53,7 +53,7 @@ def _texts(path: str, key: str | None, sep: str) -> tuple[list[str], int]:
                 texts.append(text)
             else:  # the store holds UTF-8 text only
                 print(f"skipped {src}:{line}: caption is not valid UTF-8", file=sys.stderr)
-        texts = [t for t in texts if t.strip()]
+        texts = [t.strip() for t in texts if t.strip()]  # as a .txt file's lines are
     else:
         try:
             texts = [line.strip() for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]

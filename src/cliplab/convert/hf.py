@@ -22,10 +22,9 @@ from cliplab.config import (
     TokenizerConfig,
     ViTConfig,
 )
+from cliplab.convert.openai import OPENAI_VOCAB
 from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.fileio import atomic_path, write_json
-
-OPENAI_VOCAB = 49408  # OpenAI's BPE: 256 bytes, 256 word-final bytes, 48,894 merges, start, end
 
 __all__ = ["export_hf", "from_hf", "hf_config_to_cliplab", "is_hf_dir", "read_hf_dir", "to_hf"]
 

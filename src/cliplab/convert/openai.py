@@ -30,7 +30,7 @@ _RULES = [
     (r"\.downsample\.0\.", ".downsample.1."),
 ]
 _EXTRA = {"input_resolution", "context_length", "vocab_size"}  # ints stored in OpenAI's archives
-OPENAI_VOCAB = 49408
+OPENAI_VOCAB = 49408  # OpenAI's BPE: 256 bytes, 256 word-final bytes, 48,894 merges, start, end
 
 
 def strip_wrappers(key: str) -> str:

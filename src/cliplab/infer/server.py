@@ -163,7 +163,7 @@ class _HostGuard:
         self.app, self.hosts = app, {h.lower() for h in hosts}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] in ("http", "websocket") and "*" not in self.hosts:  # "*": any host, as in Starlette
             value = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
             host = value[: value.find("]") + 1] if value.startswith("[") else value.rsplit(":", 1)[0]
             if host not in self.hosts:
