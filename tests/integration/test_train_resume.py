@@ -405,9 +405,10 @@ def test_a_time_budget_is_the_runs_and_more_steps_need_more_budget(tmp_path, cap
     first = json.loads((run / "summary.json").read_text())["steps"]
     assert 0 < first < 100000
     capsys.readouterr()
-    assert main(["train", "--resume", "latest", "--steps", "200000", "--output", str(run)]) == 0
-    assert "the run has used its 0.01-minute time budget" in capsys.readouterr().out
-    assert main(["train", "--resume", "latest", "--time-budget-minutes", "0.02", "--output", str(run)]) == 0
+    assert main(["train", "--resume", "latest", "--output", str(run)]) == 0  # the same command again
+    assert "nothing to train: the run used its 0.01-minute time budget or ended its plan" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["steps"] == first
+    assert main(["train", "--resume", "latest", "--time-budget-minutes", "0.05", "--output", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] > first
 
 

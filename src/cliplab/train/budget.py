@@ -44,13 +44,20 @@ class TimeBudget:
         return total
 
 
-def run_budget(minutes: float, spent: float, start: int, total: int, cap: int) -> tuple[TimeBudget | None, int]:
+def run_budget(minutes: float, spent: float, start: int, total: int, cap: int,
+               saved: dict | None = None) -> tuple[TimeBudget | None, int]:
     """This session's budget, for a run whose earlier sessions trained ``spent`` seconds and stopped at step
-    ``start`` of a planned ``total``, and the total to go on with: that plan, or the configured ``cap`` once the
-    plan is done (a larger ``--steps``). ``(None, start)``: the budget is used up."""
+    ``start`` of a planned ``total``, and the total to go on with (never beyond the configured ``cap``). A plan
+    that is done goes on to ``cap`` only when the cap or the budget grew since ``saved`` (``{"minutes",
+    "cap"}`` of the session that made the plan): the same command again trains no more. ``(None, start)``:
+    nothing to train."""
     left = 60 * minutes - spent
-    if left <= 0:
-        return None, start
+    total = min(total, cap)
     if total <= start:
+        grew = saved is None or cap > saved.get("cap", cap) or minutes > saved.get("minutes", minutes)
+        if not grew:
+            return None, start
         total = cap
+    if left <= 0 or total <= start:
+        return None, start
     return TimeBudget(left, start, cap=cap, probe=min(20, max(1, (total - start) // 10))), total

@@ -271,13 +271,15 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
             print(f"note: the run was scheduled for {total} steps; --epochs {cfg.epochs} makes it {planned} "
                   "(the learning-rate schedule stretches to the new length)", flush=True)
         total = planned
-    budget = None
+    budget, budget_state = None, None
     if cfg.time_budget_minutes:  # the run's: earlier sessions' training time counts
         cap = cfg.steps or (cfg.epochs * data.steps_per_epoch if cfg.epochs and data.steps_per_epoch else total)
-        budget, total = run_budget(cfg.time_budget_minutes, at.seconds, start, total, cap)
+        budget, total = run_budget(cfg.time_budget_minutes, at.seconds, start, total, cap, at.budget)
         if budget is None and main and progress:
-            print(f"nothing to train: the run has used its {cfg.time_budget_minutes:g}-minute time budget (give "
-                  "a larger --time-budget-minutes, or time_budget_minutes=null to train to --steps)", flush=True)
+            print(f"nothing to train: the run used its {cfg.time_budget_minutes:g}-minute time budget or ended "
+                  "its plan (give a larger --time-budget-minutes or --steps, or time_budget_minutes=null)",
+                  flush=True)
+        budget_state = {"minutes": cfg.time_budget_minutes, "cap": cap}
     if world > 1:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
@@ -401,7 +403,7 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                          "total_steps": total, "global_batch": global_batch,
                          "data_positions": positions if data.position is not None else None, "bad_samples": bad_total,
                          "dropped_pairs": dropped, "batches_drawn": drawn,
-                         "train_seconds": at.seconds + time.perf_counter() - t0}
+                         "train_seconds": at.seconds + time.perf_counter() - t0, "budget": budget_state}
                 last_save = save_run_checkpoint(run_dir, step, unwrap(model), clip_cfg, state, cfg.keep_last, tok_file,
                                                 train_config={"train": to_dict(cfg), "world_size": world})
     finally:

@@ -77,6 +77,7 @@ class Position:
     dropped: int = 0  # good pairs left out so that every rank's share of a batch is equal
     data_position: dict[str, int] | None = None
     seconds: float = 0.0  # training time of the sessions before this one
+    budget: dict | None = None  # the time budget's minutes and step cap when the checkpoint was written
 
 
 def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: torch.nn.Module,
@@ -125,4 +126,4 @@ def restore(resume_from: Path, cfg: TrainConfig, clip_cfg: CLIPConfig, model: to
     return Position(step, total, drawn=int(state.get("batches_drawn", step)),
                      bad_samples=int(state.get("bad_samples", 0)), dropped=int(state.get("dropped_pairs", 0)),
                      data_position=positions[rank] if len(positions) == world else None,
-                     seconds=float(state.get("train_seconds", 0.0)))
+                     seconds=float(state.get("train_seconds", 0.0)), budget=state.get("budget"))

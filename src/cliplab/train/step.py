@@ -53,16 +53,12 @@ def train_step(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, opti
             out = model(images, texts)
         loss = loss_fn(out.image_embeds.float(), out.text_embeds.float(), out.logit_scale.float(),
                        None if out.logit_bias is None else out.logit_bias.float())
-        if torch.isfinite(loss):
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-    if not torch.isfinite(loss):
-        if scaler is None:
-            raise FloatingPointError(f"loss is {loss.item()}")
-        # fp16: a forward that overflowed. As with gradients that overflow, the scaler skips the update and
-        # lowers its scale; the loop stops the run if this goes on
-        scaler.scale(loss)  # (the scaler sets itself up on its first use)
-        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        return {"loss": float(loss.detach()), "grad_norm": float("nan"), "skipped": True}
+        if scaler is not None:  # fp16: a forward that overflowed gives non-finite gradients, so the scaler
+            scaler.scale(loss).backward()  # skips the update on every rank (DDP's all-reduce runs on each)
+        elif torch.isfinite(loss):
+            loss.backward()
+    if not torch.isfinite(loss) and scaler is None:
+        raise FloatingPointError(f"loss is {loss.item()}")
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]

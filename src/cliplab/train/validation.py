@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,6 @@ def validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, devi
     per-process batch size), the shares are gathered, and the loss is taken over the whole global batch, so
     the figure does not depend on the number of processes and no process holds more than its own share."""
     from cliplab.data.loader import build_train_data
-    from cliplab.data.shards import expand_urls
     from cliplab.loss.distributed import single_process_loss
     from cliplab.precision import autocast
     from cliplab.transforms import image_transform
@@ -38,8 +38,9 @@ def validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, devi
     val_cfg = dataclasses.replace(cfg.data, train_data=cfg.data.val_data, workers=0, format=fmt)
     preprocess = image_transform(clip_cfg.preprocess, train=False)
 
-    whole = fmt == "wds" and len(expand_urls(val_cfg.train_data)) < world_size  # too few shards to split:
-    # every process reads the global batches and embeds its slice of each
+    # shards: every process reads the global batches (as one process would) and embeds its slice of each; split
+    # by shard, the batches would depend on the number of processes and the pass end with the first to finish
+    whole = fmt == "wds"
 
     def data() -> Any:
         with warnings.catch_warnings():  # shards that split unevenly: validation stops with the first to finish
@@ -88,7 +89,8 @@ def validation_hook(cfg: TrainConfig, clip_cfg: CLIPConfig, tokenizer: Any, devi
                 print(f"note: no batch of --val-data {cfg.data.val_data} had 2 usable pairs, so no validation loss "
                       f"at step {step} (bad samples in it are not listed)", flush=True)
             return {}
-        return {"val_loss": sum(x * n for x, n in zip(losses, sizes, strict=True)) / sum(sizes)}  # mean over pairs
+        mean = sum(x * n for x, n in zip(losses, sizes, strict=True)) / sum(sizes)  # over pairs
+        return {"val_loss": mean if math.isfinite(mean) else None}  # strict JSON has no NaN
 
     return hook
 

@@ -54,3 +54,8 @@ def test_the_budget_is_the_runs_and_a_larger_steps_goes_on_where_the_plan_ended(
     budget, total = run_budget(1.0, spent=45.0, start=400, total=400, cap=1000)  # the plan done: --steps 1000
     assert total == 1000 and budget.seconds == 15.0
     assert run_budget(1.0, spent=61.0, start=400, total=400, cap=1000) == (None, 400)  # the budget used up
+    same = {"minutes": 1.0, "cap": 1000}  # the plan ended a little under the budget: the same command again
+    assert run_budget(1.0, spent=59.0, start=400, total=400, cap=1000, saved=same) == (None, 400)  # trains no more
+    assert run_budget(1.0, spent=59.0, start=400, total=400, cap=2000, saved=same)[1] == 2000  # --steps grew
+    assert run_budget(2.0, spent=59.0, start=400, total=400, cap=1000, saved=same)[1] == 1000  # the budget grew
+    assert run_budget(1.0, spent=30.0, start=300, total=400, cap=350, saved=same)[1] == 350  # a smaller --steps

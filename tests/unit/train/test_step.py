@@ -73,17 +73,19 @@ def test_an_fp16_step_whose_loss_or_gradients_overflow_is_skipped(accum_steps):
 
     torch.manual_seed(0)
     model = create_model(load_arch("ViT-Tiny-32px"))
-    before = copy.deepcopy(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
     images, texts = _batch()
 
     def overflowing(img, txt, scale, bias):
         return clip_loss(img, txt, scale, bias) * math.inf
 
     cpu = torch.device("cpu")
+    train_step(model, images, texts, opt, clip_loss, accum_steps=accum_steps, device=cpu, scaler=scaler)
+    before = copy.deepcopy(model.state_dict())  # one good step counted towards growth
     out = train_step(model, images, texts, opt, overflowing, accum_steps=accum_steps, device=cpu, scaler=scaler)
     assert out["skipped"] and not math.isfinite(out["loss"]) and scaler.get_scale() == 2.0**11
+    assert scaler._get_growth_tracker() == 0  # as after overflowing gradients: no doubling back right away
     handle = model.logit_scale.register_hook(lambda g: torch.full_like(g, math.inf))  # finite loss, inf gradient
     out = train_step(model, images, texts, opt, clip_loss, accum_steps=accum_steps, device=cpu, scaler=scaler)
     handle.remove()
