@@ -148,6 +148,11 @@ MAX_UNUSABLE_BATCHES = 100
 MAX_SKIPPED_STEPS = 20  # fp16 steps in a row with a non-finite loss: the scale has then fallen 2^20-fold
 
 
+def _diverged(step: int, what: str, last_save: Path | None) -> CliplabError:
+    keep = f"; the last good checkpoint is {last_save}" if last_save else ""
+    return CliplabError(f"step {step}: {what} (diverged){keep}")
+
+
 def _finite(x: float, digits: int) -> float | None:
     """A figure for the JSONL log: null where it is not finite (strict JSON has no NaN or Infinity)."""
     return round(x, digits) if math.isfinite(x) else None
@@ -341,15 +346,13 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
             images = batch.images[:n_good].to(device, non_blocking=True)  # every rank contributes n_good pairs
             texts = batch.texts[:n_good].to(device, non_blocking=True)
             if skipped_in_a_row >= MAX_SKIPPED_STEPS:
-                keep = f"; the last good checkpoint is {last_save}" if last_save else ""
-                raise CliplabError(f"step {step}: the loss was not finite in {skipped_in_a_row} fp16 steps in a row, "
-                                   f"whatever the loss scale (diverged){keep}")
+                raise _diverged(step, f"the loss was not finite in {skipped_in_a_row} fp16 steps in a row, whatever "
+                                      "the loss scale", last_save)
             try:
                 stats = train_step(model, images, texts, optimizer, loss_fn, accum_steps=cfg.accum_steps, device=device,
                                    precision=cfg.precision, scaler=scaler, grad_clip_norm=cfg.optim.grad_clip_norm)
             except FloatingPointError as err:
-                keep = f"; the last good checkpoint is {last_save}" if last_save else ""
-                raise CliplabError(f"step {step + 1}: {err} (diverged){keep}") from None
+                raise _diverged(step + 1, str(err), last_save) from None
             if world > 1:  # log the loss of the global batch, not rank 0's share
                 t = torch.tensor([stats["loss"]], device=device)
                 dist.all_reduce(t)
