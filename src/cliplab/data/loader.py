@@ -48,6 +48,13 @@ class TrainData:
     position: Callable[[], dict[str, int]] | None = None  # where a stream stands, saved for an exact resume
     left_out: int = 0  # pairs of a map-style dataset that fill no whole batch: a different few each epoch
 
+    def close(self) -> None:
+        """Stop the loader's worker processes now, not whenever the garbage collector reaches them (which
+        could stall a later run in the same process, or leave idle workers behind)."""
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
+
 
 def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, *, rank: int = 0,
                      world_size: int = 1, seed: int = 0, start_step: int = 0, image_size: int = 32,
@@ -69,7 +76,7 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
         ds = SyntheticDataset(world, transform, tokenizer, batch_size, seed=seed, rank=rank, start_batch=start_step)
         loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                             persistent_workers=False, pin_memory=pin_memory)
-        return TrainData(iter(loader), None)
+        return TrainData(_each(loader), None)
     if not cfg.train_data:
         raise CliplabError(f"data.train_data is required for data.format={fmt!r} (--train-data)")
     if fmt == "wds":
@@ -102,8 +109,13 @@ def build_train_data(cfg: Any, transform: Any, tokenizer: Any, batch_size: int, 
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                         pin_memory=pin_memory)
-    return TrainData(iter(loader), sampler.per_epoch,
+    return TrainData(_each(loader), sampler.per_epoch,
                      left_out=len(dataset) - sampler.per_epoch * batch_size * world_size)
+
+
+def _each(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches, as a generator: closing it drops the loader's iterator, which ends its workers."""
+    yield from loader
 
 
 class _Epochs:

@@ -411,6 +411,7 @@ def _run(cfg: TrainConfig, eval_hooks: tuple[EvalHook, ...], progress: bool,
                                                 train_config={"train": to_dict(cfg), "world_size": world})
     finally:
         bar.close()
+        data.close()
     elapsed = time.perf_counter() - t0
     if main:
         finish(run_dir, log.history, bad_total, step, at.seconds + elapsed, progress, dropped)  # all sessions

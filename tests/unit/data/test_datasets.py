@@ -213,9 +213,35 @@ def test_shard_position_is_exact_when_workers_hold_unequal_shares(tmp_path):
         positions.append(full.position())
         seen.append(next(full.batches).texts[:, 0].tolist())
     assert sum(len(b) for b in seen[:9]) == 48 and len({i for b in seen[:9] for i in b}) == 48  # epoch 1
+    full.close()
     for at in (3, 7, 8, 10):
         again = build_train_data(cfg, transform, tok, 6, seed=0, start_step=at, position=positions[at])
         assert [next(again.batches).texts[:, 0].tolist() for _ in range(12 - at)] == seen[at:], at
+        again.close()
+
+
+@pytest.mark.parametrize("fmt", ["wds", "csv", "synthetic"])
+def test_closing_the_data_ends_its_workers_at_once(tmp_path, fmt):
+    """Left to the garbage collector, an unfinished loader's workers lingered and stalled a later run in the
+    same process by seconds; ``close`` ends them when the run ends."""
+    import multiprocessing
+
+    from cliplab.data.loader import build_train_data
+    from cliplab.train.config import DataConfig
+
+    imgs = [_image(tmp_path / "img" / f"{i}.png") for i in range(8)]
+    write_shards([(p, f"caption {i}") for i, p in enumerate(imgs)], tmp_path / "s", per_shard=4)
+    (tmp_path / "d.csv").write_text("filepath,title\n" + "".join(f"img/{i}.png,caption {i}\n" for i in range(8)))
+    source = {"wds": str(tmp_path / "s" / "{00000..00001}.tar"), "csv": str(tmp_path / "d.csv"), "synthetic": None}
+    cfg = DataConfig(format=fmt, train_data=source[fmt], workers=2)
+    before = set(multiprocessing.active_children())
+    data = build_train_data(cfg, Preprocess(PreprocessConfig(image_size=S)), get_tokenizer(), 2, seed=0,
+                            image_size=S)
+    next(data.batches)
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2
+    data.close()
+    assert not any(w.is_alive() for w in workers)
 
 
 def test_shards_that_do_not_split_evenly_over_ranks_are_said(tmp_path, transform, tokenizer):
