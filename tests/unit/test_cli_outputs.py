@@ -133,3 +133,27 @@ def test_every_subcommand_prints_its_help(capsys):
             main([*path, "--help"])
         assert exit_.value.code == 0, path
         assert capsys.readouterr().out.startswith("usage: cliplab"), path
+
+
+def test_overwrite_replaces_the_folder_whole_or_not_at_all(ckpts, tmp_path, capsys, monkeypatch):
+    """--overwrite wrote file by file: an error or kill between the weights and the config left one model's
+    weights beside another's config, and files of an earlier export stayed beside the new model."""
+    import cliplab.checkpoint
+
+    vit, cbow = str(ckpts / "ViT-Tiny-32px"), str(ckpts / "ViT-Tiny-32px-CBOW")
+    out = tmp_path / "out"
+    assert main(["convert", vit, str(out), "--format", "hf"]) == 0
+    assert (out / "tokenizer_config.json").exists() or (out / "preprocessor_config.json").exists()
+    assert main(["convert", cbow, str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # nothing of the HF export
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cliplab.checkpoint, "write_json", fail)  # after the weights, before the config
+    assert main(["interpolate", vit, vit, "--output", str(out), "--overwrite"]) != 0
+    assert "disk full" in _error(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the CBOW model, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+    assert cliplab.load(out)[0].cfg.text.type == "cbow"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["check_output", "count", "counts"]
+__all__ = ["check_output", "count", "counts", "staged_output"]
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -47,3 +48,21 @@ def check_output(out: str, inputs: Sequence[str] = (), overwrite: bool = False) 
                                "another path")
     if target.exists() and not overwrite and not (target.is_dir() and all(map(is_debris, target.iterdir()))):
         raise CliplabError(f"{out}: already exists; pass --overwrite to replace it, or write to another path")
+
+
+@contextlib.contextmanager
+def staged_output(out: str) -> Iterator[str]:
+    """Where a command writes a model: a folder is written whole beside ``out`` and swapped in at the end, so
+    a kill or an error leaves the old output or the new one, never new weights beside an old config or the
+    files of an earlier export. A ``.safetensors`` file is written atomically by its writer. A training
+    run's folder is refused, even with ``--overwrite``."""
+    from cliplab.checkpoint import check_model_output
+    from cliplab.fileio import atomic_dir
+
+    path = Path(out)
+    if path.suffix == ".safetensors" or (path.exists() and not path.is_dir()):
+        yield out  # a single file (or a path its writer refuses with its own message)
+        return
+    check_model_output(path)
+    with atomic_dir(path) as work:
+        yield str(work)

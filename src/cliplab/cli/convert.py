@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cliplab.api import load_model
     from cliplab.checkpoint import save_checkpoint, validate_state_dict
-    from cliplab.cli.args import check_output
+    from cliplab.cli.args import check_output, staged_output
     from cliplab.config import CLIPConfig, load_arch
 
     check_output(args.dst, [args.src], args.overwrite)
@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     if forced:
         validate_state_dict(forced, model.state_dict(), source=args.src)
         cfg = forced
-    if args.format == "hf":
-        from cliplab.convert.hf import export_hf
+    with staged_output(args.dst) as out:
+        if args.format == "hf":
+            from cliplab.convert.hf import export_hf
 
-        out = export_hf(model, cfg, args.dst)
-    else:
-        tok = root / cfg.tokenizer.vocab if cfg.tokenizer.vocab and root else None
-        out = save_checkpoint(model, cfg, args.dst, tokenizer_file=tok)
-    print(f"wrote {out}")
+            export_hf(model, cfg, out)
+        else:
+            tok = root / cfg.tokenizer.vocab if cfg.tokenizer.vocab and root else None
+            save_checkpoint(model, cfg, out, tokenizer_file=tok)
+    print(f"wrote {args.dst}")
     return 0

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cliplab.api import load_model
-    from cliplab.cli.args import check_output
+    from cliplab.cli.args import check_output, staged_output
 
     check_output(args.output, [args.checkpoint], args.overwrite)
     model, cfg, root = load_model(args.checkpoint, device="cpu", allow_unsafe=args.allow_unsafe_pickle)
@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from cliplab.convert.hf import export_hf
 
-        out = export_hf(model, cfg, args.output)
+        with staged_output(args.output) as staged:
+            export_hf(model, cfg, staged)
+        out = args.output
     print(f"wrote {out}")
     return 0

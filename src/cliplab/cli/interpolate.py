@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cliplab.checkpoint import save_checkpoint
-    from cliplab.cli.args import check_output
+    from cliplab.cli.args import check_output, staged_output
     from cliplab.errors import CliplabError
 
     check_output(args.output, [args.a, args.b], args.overwrite)
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     mixed = {k: v if not v.is_floating_point() else (1 - args.alpha) * v + args.alpha * sb[k]
              for k, v in a.state_dict().items()}
     tok = root / cfg_a.tokenizer.vocab if cfg_a.tokenizer.vocab and root else None
-    save_checkpoint(mixed, cfg_a, args.output, tokenizer_file=tok)
+    with staged_output(args.output) as out:
+        save_checkpoint(mixed, cfg_a, out, tokenizer_file=tok)
     print(f"wrote {args.output} (alpha={args.alpha})")
     return 0
 
