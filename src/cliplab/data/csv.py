@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from cliplab.data.batch import BadSample
 from cliplab.data.samples import Tokenizer, Transform, make_pair, seeded
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 
 __all__ = ["CsvDataset", "read_rows", "separator"]
 
@@ -37,17 +38,31 @@ def read_rows(
         sep = "\t"
     # a caption longer than the csv module's default 131,072 characters is one bad row, not a bad file
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    sep = separator(sep)
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # -sig: drop a BOM
             # strict: a quote left open is an error, not a caption that swallows the rest of the file
-            return _parse(csv.reader(fh, delimiter=separator(sep), strict=True), path, columns)
+            return _parse(csv.reader(fh, delimiter=sep, strict=True), path, columns)
+    except _Malformed as err:
+        if sep != "\t":
+            raise
+        # Tab-separated files seldom quote; a caption that starts with a quote mark (`"Best friends" on a
+        # beach`) is text. Read every quote as text then, and say so.
+        warnings.warn(f"{err}; reading the file's quote marks as text (tab-separated, so no quoting is "
+                      "needed)", CliplabWarning, stacklevel=2)
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+            return _parse(csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_NONE), path, columns)
     except OSError as err:
         raise CliplabError(f"{path}: cannot open ({err.strerror})") from None
 
 
+class _Malformed(CliplabError):
+    """The file is not valid CSV under the standard quoting rules."""
+
+
 def _malformed(path: Path, line: int, err: csv.Error) -> CliplabError:
     hint = " (a quote opened there and never closed?)" if "end of data" in str(err) else ""
-    return CliplabError(f"{path}:{line}: malformed CSV ({err}){hint}")
+    return _Malformed(f"{path}:{line}: malformed CSV ({err}){hint}")
 
 
 def _parse(reader, path: Path, columns: list[str]) -> tuple[list[list[str]], list[int]]:

@@ -273,6 +273,21 @@ def test_a_quote_left_open_is_an_error_naming_its_line(tmp_path):
     assert rows == [["a.png", 'a "quoted" word'], ["b.png", "two\nlines"]] and lines == [2, 3]
 
 
+def test_a_tsv_caption_opening_with_a_quote_mark_is_text(tmp_path):
+    """A TSV whose caption starts with a quote mark failed as a whole; tab-separated files seldom quote, so
+    its quote marks are then read as text, with a warning naming the line. Well-formed quoting still parses."""
+    from cliplab.data.csv import read_rows
+    from cliplab.errors import CliplabWarning
+
+    caps = ['"Best friends" on a beach', "a red square", '5" screen', 'a sign saying "open"']
+    (tmp_path / "d.tsv").write_text("filepath\ttitle\n" + "".join(f"{i}.png\t{c}\n" for i, c in enumerate(caps)))
+    with pytest.warns(CliplabWarning, match=r"d\.tsv:2: malformed CSV .*quote marks as text"):
+        rows, lines = read_rows(tmp_path / "d.tsv", ["filepath", "title"], "\t")
+    assert [r[1] for r in rows] == caps and lines == [2, 3, 4, 5]
+    (tmp_path / "e.tsv").write_text('filepath\ttitle\na.png\t"a ""quoted"" word"\n')  # as pandas writes it
+    assert read_rows(tmp_path / "e.tsv", ["filepath", "title"])[0] == [["a.png", 'a "quoted" word']]
+
+
 def test_json_captions_must_be_strings_and_broken_shards_are_named(tmp_path, transform, tokenizer):
     import io
 
