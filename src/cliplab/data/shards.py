@@ -18,7 +18,7 @@ import os
 import random
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 
 import braceexpand
@@ -34,6 +34,7 @@ from cliplab.fileio import atomic_path, fsync_dir
 
 __all__ = ["ShardDataset", "expand_urls", "member_key", "write_shards"]
 
+MAX_SHARDS = 100_000  # five-digit names: the brace pattern {00000..99999} and the readers' checks rely on them
 INCOMPLETE = "shards.incomplete"  # written first by write_shards as PREFIX + INCOMPLETE, removed when all are out
 
 IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # what a folder of images may hold
@@ -219,6 +220,9 @@ def write_shards(
     failed run's partial set is refused by the reader and replaced by the next run.
     """
     out = Path(out_dir)
+    if isinstance(samples, Sized) and -(-len(samples) // per_shard) > MAX_SHARDS:  # said before any writing
+        raise CliplabError(f"{out}: {len(samples):,} samples make more than {MAX_SHARDS:,} shards of {per_shard}; "
+                           "give a larger --per-shard (shard names have five digits)")
     marker = out / f"{prefix}{INCOMPLETE}"
     old = sorted(out.glob(f"{prefix}[0-9][0-9][0-9][0-9][0-9].tar")) if out.is_dir() else []
     if old and not marker.exists():
@@ -233,6 +237,9 @@ def write_shards(
     batch: list[tuple[Path, str]] = []
 
     def flush() -> None:
+        if len(written) == MAX_SHARDS:
+            raise CliplabError(f"{out}: more than {MAX_SHARDS:,} shards of {per_shard} samples; give a larger "
+                               "--per-shard (shard names have five digits)")
         target = out / f"{prefix}{len(written):05d}.tar"
         exts = [member_key(path) for path, _ in batch]
         if None in exts:

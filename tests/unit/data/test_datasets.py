@@ -382,3 +382,18 @@ def test_each_epoch_deals_the_shards_anew(tmp_path, transform, tokenizer):
         assert len(per_rank[0]) == len(per_rank[1]) == 4 and not per_rank[0] & per_rank[1]
         deals.append(per_rank[0])
     assert len(set(deals)) > 1
+
+
+def test_more_shards_than_five_digit_names_hold_are_refused(tmp_path, monkeypatch):
+    import cliplab.data.shards as shards
+
+    monkeypatch.setattr(shards, "MAX_SHARDS", 2)
+    imgs = [_image(tmp_path / "img" / f"{i}.png") for i in range(5)]
+    pairs = [(p, f"caption {i}") for i, p in enumerate(imgs)]
+    with pytest.raises(CliplabError, match="more than 2 shards of 2; give a larger --per-shard"):
+        write_shards(pairs, tmp_path / "a", per_shard=2)  # known length: refused before writing
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(CliplabError, match="more than 2 shards of 2 samples; give a larger --per-shard"):
+        write_shards(iter(pairs), tmp_path / "b", per_shard=2)  # a stream: refused at the third shard
+    with pytest.raises(CliplabError, match="did not finish"):  # and the partial set is never read
+        expand_urls(str(tmp_path / "b" / "{00000..00001}.tar"))
