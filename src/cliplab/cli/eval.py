@@ -178,7 +178,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
     if args.save_classifier:
         save_classifier(args.save_classifier, classifier, ds.classnames, templates, text_fingerprint(model))
-    result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device)
+    result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device,
+                                classnames=ds.classnames)
     report = {"task": "zeroshot", "checkpoint": str(args.checkpoint), "data": str(args.data),
               "templates": len(templates), **result.to_dict(ds.classnames)}
     code = _report(args, report, [

@@ -24,6 +24,7 @@ from cliplab.errors import CliplabError
 from cliplab.eval.metrics import (
     confusion_matrix,
     mean_per_class_recall,
+    namesakes,
     per_class_recall,
     predictions,
     topk_correct,
@@ -85,6 +86,7 @@ def _tokenize(tokenizer: Any, prompts: list[str], classnames: list[str], classes
         raise
 
 
+@torch.no_grad()  # memory stays at (C, D): no graph kept over the thousands of prompts
 def zero_shot_classifier(
     model: Encoder,
     tokenizer: Any,
@@ -177,17 +179,23 @@ def zero_shot_evaluate(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: str | torch.device = "cpu",
     num_classes: int | None = None,
+    classnames: Sequence[str] | None = None,
 ) -> ZeroShotResult:
     """Classify every image of ``batches`` ((B, 3, H, W) images, (B,) labels) with ``classifier`` (D, C).
 
     ``top5`` is top-min(5, C). ``mean_per_class_recall`` averages over the classes that have samples. Ties are
     pessimistic (see :mod:`cliplab.eval.metrics`): a class tied with the true one for the highest logit is
-    the prediction, so ``top1`` is the confusion matrix's trace over ``n``.
+    the prediction, so ``top1`` is the confusion matrix's trace over ``n``. Given ``classnames``, a name listed
+    twice (whose columns are equal, so the two always tie) counts for the first of them, as argmax decides in
+    OpenAI's evaluation.
     """
     num_classes = classifier.shape[1] if num_classes is None else num_classes
     if num_classes != classifier.shape[1]:
         raise CliplabError(f"num_classes is {num_classes} but the classifier has {classifier.shape[1]} classes")
     weights = classifier.to(device).float()  # (D, C)
+    if classnames is not None and len(classnames) != num_classes:
+        raise CliplabError(f"{len(classnames)} class names for a classifier of {num_classes} classes")
+    groups = None if classnames is None else namesakes(classnames)  # (C,)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     hits1 = hits5 = n = 0
     for images, labels in batches:
@@ -197,9 +205,9 @@ def zero_shot_evaluate(
             raise CliplabError(f"label {int(bad)} is outside the {num_classes} classes of the classifier")
         feats = F.normalize(model.encode_image(images.to(device)).float(), dim=-1)  # (B, D)
         logits = (feats @ weights).cpu()  # (B, C)
-        hits = topk_correct(logits, labels, (1, 5))
+        hits = topk_correct(logits, labels, (1, 5), groups)
         hits1, hits5, n = hits1 + hits[1], hits5 + hits[5], n + labels.numel()
-        confusion += confusion_matrix(predictions(logits, labels), labels, num_classes)
+        confusion += confusion_matrix(predictions(logits, labels, groups), labels, num_classes)
     if n == 0:
         raise CliplabError("zero-shot evaluation: the dataset yielded no images")
     return ZeroShotResult(hits1 / n, hits5 / n, mean_per_class_recall(confusion), confusion, n)

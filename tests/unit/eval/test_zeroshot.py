@@ -221,3 +221,36 @@ def test_a_repeated_template_counts_twice_but_is_embedded_once():
     assert sum(model.text_batches) == 4
     unit = torch.nn.functional.normalize(TABLE, dim=-1)  # rows: a cat, the cat, a dog, the dog
     torch.testing.assert_close(w, torch.nn.functional.normalize(2 * unit[[0, 2]] + unit[[1, 3]], dim=-1).T)
+
+
+def test_a_name_listed_twice_counts_for_the_first_as_argmax_decides():
+    """ImageNet lists "missile" (657, 744) and "sunglasses" (836, 837) twice. Their columns are equal, so they
+    always tie; counted pessimistically both were always wrong. OpenAI's argmax gives the tie to the first."""
+    from cliplab.eval.metrics import namesakes, predictions, true_class_rank
+
+    names = ["cat", "missile", "dog", "missile"]
+    logits = torch.tensor([[0.1, 0.9, 0.2, 0.9]] * 2 + [[0.9, 0.1, 0.9, 0.1]])  # the twins tie on top; then cat/dog
+    labels = torch.tensor([1, 3, 2])
+    groups = namesakes(names)
+    assert groups.tolist() == [0, 1, 2, 1]
+    assert true_class_rank(logits, labels, groups).tolist() == [1, 2, 2]  # the first twin wins; cat/dog stay tied
+    assert predictions(logits, labels, groups).tolist() == [1, 1, 0]
+    assert predictions(logits, labels, groups).tolist() == logits.argmax(dim=1).tolist()[:2] + [0]
+    classifier = torch.eye(4)[:, [0, 1, 2, 1]]  # (D, C): the twins' columns equal
+    feats = torch.eye(4)[[1, 1, 0]]  # images that look like "missile", "missile", "cat"
+    batches = [(images_from_features(feats), torch.tensor([1, 3, 0]))]
+    res = zero_shot_evaluate(ToyEncoder(torch.eye(4)), classifier, batches, classnames=names)
+    assert res.top1 == pytest.approx(2 / 3) and res.confusion[3, 1] == 1  # the second twin's image: "the first"
+    assert zero_shot_evaluate(ToyEncoder(torch.eye(4)), classifier, batches).top1 == pytest.approx(1 / 3)
+
+
+def test_the_classifier_keeps_no_graph():
+    """Built under grad mode, it kept every prompt's activations for a backward nobody runs (GBs for
+    ImageNet's 80,000 prompts)."""
+    import cliplab
+    from cliplab.tokenizer import get_tokenizer
+
+    model = cliplab.create_model("ViT-Tiny-32px")
+    with torch.enable_grad():
+        w = zero_shot_classifier(model, get_tokenizer(), ["cat", "dog"], ["a photo of a {}."])
+    assert not w.requires_grad and w.grad_fn is None
