@@ -288,12 +288,19 @@ def run_retrieval(args: argparse.Namespace) -> int:
         owners += [index[key]] * len(texts)
     root = Path(args.data).parent
     image_emb = _encode_images(model, [root / p for p in index], sources, preprocess, args, device)  # (Ni, D)
-    cut = sum(len(tokenizer.encode(c)) + 2 > tokenizer.context_length for c in captions)
-    tokens = tokenizer(captions, truncate=True)  # (Nt, L): long captions cut, as OpenAI's and open_clip's evals do
-    text_emb = torch.empty(len(captions), model.cfg.embed_dim)  # (Nt, D)
+    # each distinct caption embedded once: one text on several images gets one vector, so its scores tie
+    # exactly whatever the batching (retrieval's tie rule depends on that)
+    position: dict[str, int] = {}
+    of_caption = torch.tensor([position.setdefault(c, len(position)) for c in captions])  # (Nt,)
+    distinct = list(position)
+    long = [len(tokenizer.encode(c)) + 2 > tokenizer.context_length for c in distinct]
+    cut = sum(long[i] for i in of_caption.tolist())
+    tokens = tokenizer(distinct, truncate=True)  # (Nd, L): long captions cut, as OpenAI's and open_clip's evals do
+    distinct_emb = torch.empty(len(distinct), model.cfg.embed_dim)  # (Nd, D)
     with torch.no_grad():
         for batch in batches_by_length(tokens, args.batch_size):
-            text_emb[batch] = model.encode_text(tokens[batch].to(device), normalize=True).float().cpu()
+            distinct_emb[batch] = model.encode_text(tokens[batch].to(device), normalize=True).float().cpu()
+    text_emb = distinct_emb[of_caption]  # (Nt, D)
     t2i = torch.tensor(owners)
     metrics = retrieval_metrics(image_emb, text_emb, t2i, ks=args.ks)
     report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data),

@@ -350,3 +350,26 @@ def test_probe_seeds_and_shots_are_checked_before_any_work(setup, tmp_path, caps
     assert info.value.code == 2 and "argument --shots: expected at least one argument" in capsys.readouterr().err
     assert main([*base, "--shots", ","]) == 2
     assert capsys.readouterr().err.strip() == "error: --shots: no k given (e.g. --shots 1,2,4,8,16)"
+
+
+def test_retrieval_with_a_caption_shared_by_images_does_not_depend_on_the_batch_size(setup, tmp_path):
+    """The same caption on several images was embedded once per row, in different batches, so its copies
+    differed in the last bits and ties fell by chance: the metrics changed with --batch-size."""
+    import numpy as np
+
+    d = setup
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"noise{i}.png")
+        n = rng.integers(1, 4)
+        rows += [(f"noise{i}.png", f"caption {rng.integers(0, 30)} of something {j}") for j in range(n)]
+    (d / "shared.csv").write_text("filepath,title\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    assert len({b for _, b in rows}) < len(rows)  # some captions belong to several images
+    reports = []
+    for bs in (1, 5, 64):
+        out = tmp_path / f"r{bs}.json"
+        assert main(["eval", "retrieval", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "shared.csv"),
+                     "--batch-size", str(bs), "--output", str(out), "--device", "cpu"]) == 0
+        reports.append(json.loads(out.read_text()))
+    assert reports[0] == reports[1] == reports[2]
