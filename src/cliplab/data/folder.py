@@ -11,16 +11,24 @@ from cliplab.data.batch import BadSample
 from cliplab.data.samples import Tokenizer, Transform, make_pair, seeded
 from cliplab.errors import CliplabError
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "hidden", "list_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def list_images(root: str | os.PathLike[str]) -> list[Path]:
+    """The image files under ``root``, sorted; none under a dot-name (macOS's ``._photo.jpg`` resource forks,
+    which copies from a Mac leave beside every image, ``.thumbnails/``, ...)."""
     root = Path(root)
     if not root.is_dir():
         raise CliplabError(f"{root}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not hidden(p, root))
+
+
+def hidden(path: Path, root: Path) -> bool:
+    """Whether a dot-name lies on the way from ``root`` to ``path``."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 class FolderDataset(Dataset):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cliplab.data.folder import IMAGE_EXTENSIONS
+from cliplab.data.folder import IMAGE_EXTENSIONS, hidden  # hidden: macOS's ._photo.jpg beside each image
 from cliplab.errors import CliplabError
 from cliplab.eval.prompts import is_integer
 
@@ -142,7 +142,7 @@ class ClassFolderDataset(Dataset):
             (p, label)
             for label, name in enumerate(self.classes)
             for p in sorted((self.root / name).rglob("*"))
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not hidden(p, self.root / name)
         ]
         if not self.samples:
             raise CliplabError(f"{self.root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")

@@ -204,3 +204,19 @@ def test_name_labels_refuse_a_class_name_listed_twice(folder, tmp_path):
         LabelCsvDataset(csv, stand_in, classnames=["red", "red", "green"])
     ints = write_csv(tmp_path / "ints.csv", [("val/n01_red/0.png", 0), ("val/n02_green/1.png", 1)])
     assert LabelCsvDataset(ints, stand_in, classnames=["red", "red"]).classnames == ["red", "red"]  # by number
+
+
+def test_dot_files_in_class_folders_are_no_images(tmp_path):
+    """A dataset copied from a Mac has a ``._name.png`` resource fork beside every image: not an image, so it
+    stopped the evaluation. Names starting with a dot are left out, in class folders as in training folders."""
+    from cliplab.data.folder import list_images
+    from cliplab.eval.datasets import ClassFolderDataset
+
+    for name in ("cat", "dog"):
+        (tmp_path / name / ".thumbs").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0.png")
+        (tmp_path / name / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        Image.new("RGB", (8, 8)).save(tmp_path / name / ".thumbs" / "0.png")
+    ds = ClassFolderDataset(tmp_path, lambda im: torch.zeros(1))
+    assert [p.name for p, _ in ds.samples] == ["0.png", "0.png"] and [ds[i][1] for i in range(2)] == [0, 1]
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["cat/0.png", "dog/0.png"]
