@@ -324,17 +324,27 @@ def _to_train_labels(labels: Any, test_classes: list[str], train_classes: list[s
     return table[labels]  # (N,)
 
 
+def _probe_classes(args: argparse.Namespace, train: Any, test: Any) -> tuple[list[str], list[str]]:
+    """What matches a test class to a training class: the class names when --classnames names both sets'
+    classes (WordNet-id folders for training, a CSV of indices for testing) and no name is listed twice;
+    else the folder names or CSV labels themselves."""
+    by_name = args.classnames is not None and all(len(set(d.classnames)) == len(d.classnames) for d in (train, test))
+    return (train.classnames, test.classnames) if by_name else (train.classes, test.classes)
+
+
 def _check_probe_classes(args: argparse.Namespace, train: Any, test: Any) -> None:
     """Every class the test set has images of needs training images; classes with no images (an empty class
     folder) are left out on both sides, by name."""
     from cliplab.errors import CliplabError
     from cliplab.eval.datasets import classes_with_samples
 
-    trained = classes_with_samples(train)
-    missing = [name for name in classes_with_samples(test) if name not in set(trained)]
+    train_keys, test_keys = _probe_classes(args, train, test)
+    trained = classes_with_samples(train, train_keys)
+    missing = [name for name in classes_with_samples(test, test_keys) if name not in set(trained)]
     if missing:
+        how = "class names (--classnames)" if train_keys is train.classnames else "folder names or CSV labels"
         raise CliplabError(f"{args.test}: test classes with no training images: {_short(missing)}; the training "
-                           f"set has images of {_short(trained)} (class names must match exactly)")
+                           f"set has images of {_short(trained)} (classes are matched by their {how})")
 
 
 def _shots(args: argparse.Namespace) -> list[int]:
@@ -360,7 +370,8 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     _check_probe_classes(args, train, test)
     xtr, ytr = extract_features(model, make_loader(train, args.batch_size, args.workers), device)
     xte, yte = extract_features(model, make_loader(test, args.batch_size, args.workers), device)
-    yte = _to_train_labels(yte, test.classes, train.classes)
+    train_keys, test_keys = _probe_classes(args, train, test)
+    yte = _to_train_labels(yte, test_keys, train_keys)
     res = linear_probe(xtr, ytr, xte, yte)
     report: dict[str, Any] = {"task": "linear-probe", "checkpoint": str(args.checkpoint), "accuracy": res.accuracy,
                               "C": res.c, "val_accuracy": res.val_accuracy, "n_train": res.n_train,

@@ -63,10 +63,12 @@ def check_utf8(text: str, where: str, what: str) -> None:
         raise CliplabError(f"{where}: {what} is not valid UTF-8") from None
 
 
-def classes_with_samples(dataset: ClassFolderDataset | LabelCsvDataset) -> list[str]:
-    """The entries of ``dataset.classes`` that at least one sample is labelled with, in class order."""
+def classes_with_samples(dataset: ClassFolderDataset | LabelCsvDataset, names: Sequence[str] | None = None
+                         ) -> list[str]:
+    """The entries of ``names`` (default ``dataset.classes``) that at least one sample is labelled with, in
+    class order."""
     used = {label for _, label in dataset.samples}
-    return [name for i, name in enumerate(dataset.classes) if i in used]
+    return [name for i, name in enumerate(dataset.classes if names is None else names) if i in used]
 
 
 def _check_numbered(numbers: Sequence[int], names: Sequence[str], where: str, what: str) -> None:

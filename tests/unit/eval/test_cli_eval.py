@@ -373,3 +373,23 @@ def test_retrieval_with_a_caption_shared_by_images_does_not_depend_on_the_batch_
                      "--batch-size", str(bs), "--output", str(out), "--device", "cpu"]) == 0
         reports.append(json.loads(out.read_text()))
     assert reports[0] == reports[1] == reports[2]
+
+
+def test_linear_probe_matches_classes_by_the_names_given(setup, tmp_path, capsys):
+    """ImageNet's usual layout: WordNet-id folders for training, a CSV of class indices for testing, one list
+    of names for both. The probe matched folder names against CSV labels and refused it."""
+    import shutil
+
+    d = setup
+    for wnid, colour in (("n01", "red"), ("n02", "green")):
+        shutil.copytree(d / "data" / colour, tmp_path / "train" / wnid)
+    (tmp_path / "names.txt").write_text("red\ngreen\n")
+    rows = [(f"{d}/data/{c}/{j}.png", k) for k, c in enumerate(("red", "green")) for j in range(3)]
+    (tmp_path / "val.csv").write_text("filepath,label\n" + "".join(f"{p},{k}\n" for p, k in rows))
+    args = ["eval", "linear-probe", "--checkpoint", str(d / "ck.safetensors"), "--train", str(tmp_path / "train"),
+            "--test", str(tmp_path / "val.csv"), "--device", "cpu", "--json"]
+    assert main([*args, "--classnames", str(tmp_path / "names.txt")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n_test"] == 6 and report["accuracy"] == 1.0  # one colour per class: the probe separates them
+    assert main(args) == 2  # without names, n01 and 0 are different classes: said
+    assert "matched by their folder names or CSV labels" in capsys.readouterr().err
