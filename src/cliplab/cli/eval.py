@@ -19,6 +19,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.add_argument("--csv-img-key", default="filepath")
     p.add_argument("--csv-separator", default=",")
+    p.add_argument("--on-bad-sample", choices=("skip", "error"), default="skip",
+                   help="an unreadable or missing image: left out, counted and listed in the report (skip), or "
+                        "the end of the run (error)")
 
 
 def _labelled(p: argparse.ArgumentParser, flag: str = "--data", help_: str = "labelled images") -> None:
@@ -129,6 +132,20 @@ def _check_outputs(args: argparse.Namespace) -> None:
         written[target.resolve()] = _flag(dest)
 
 
+def _skipped(report: dict[str, Any], lines: list[str], *batches: Any) -> None:
+    """Add the images left out as unreadable to the report (all of them) and to the printed lines (a few)."""
+    import sys
+
+    bad = [b for batch in batches for b in batch.skipped]
+    report["skipped"] = len(bad)
+    report["skipped_samples"] = [{"source": b.source, "reason": b.reason} for b in bad]
+    if bad:
+        lines.append(f"skipped {len(bad)} unreadable or missing image(s), not counted in the figures above "
+                     "(all listed in --json / --output-json):")
+        shown = [f"  {b.reason}" for b in bad[:5]] + ([f"  ... and {len(bad) - 5} more"] if len(bad) > 5 else [])
+        print("\n".join(shown), file=sys.stderr)
+
+
 def _report(args: argparse.Namespace, report: dict[str, Any], lines: list[str]) -> int:
     from cliplab.fileio import write_json
 
@@ -178,16 +195,18 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         classifier = zero_shot_classifier(model, tokenizer, ds.classnames, templates, device=device)
     if args.save_classifier:
         save_classifier(args.save_classifier, classifier, ds.classnames, templates, text_fingerprint(model))
-    result = zero_shot_evaluate(model, classifier, make_loader(ds, args.batch_size, args.workers), device=device,
-                                classnames=ds.classnames)
+    batches = make_loader(ds, args.batch_size, args.workers, on_bad=args.on_bad_sample)
+    result = zero_shot_evaluate(model, classifier, batches, device=device, classnames=ds.classnames)
     report = {"task": "zeroshot", "checkpoint": str(args.checkpoint), "data": str(args.data),
               "templates": len(templates), **result.to_dict(ds.classnames)}
-    code = _report(args, report, [
+    lines = [
         f"{result.n} images, {result.num_classes} classes, {len(templates)} templates",
         f"top-1 {100 * result.top1:.2f} %  top-5 {100 * result.top5:.2f} %  "
         f"mean per-class recall {100 * result.mean_per_class_recall:.2f} %",
         *_per_class_table(result.per_class(ds.classnames)),
-    ])
+    ]
+    _skipped(report, lines, batches)
+    code = _report(args, report, lines)
     if args.confusion_png:  # after the report: a figure never costs the numbers
         plot_confusion(result, ds.classnames, args.confusion_png)
     return code
@@ -226,15 +245,22 @@ def _per_class_table(rows: list[dict[str, Any]], limit: int = 40) -> list[str]:
 
 def _encode_images(model: Any, paths: list[Any], sources: list[str], preprocess: Any, args: argparse.Namespace,
                    device: Any) -> Any:
-    """Normalised image embeddings (Ni, D) on the CPU; a missing or broken image is a one-line error naming
-    ``sources[i]`` (its CSV row), with any number of workers."""
+    """Normalised embeddings (Nk, D) on the CPU of the images that could be read, and the batches (whose
+    ``kept`` numbers those images and ``skipped`` lists the others by ``sources[i]``, their CSV row). With
+    --on-bad-sample error, a missing or broken image is a one-line error, with any number of workers."""
     import torch
 
+    from cliplab.errors import CliplabError
     from cliplab.eval.datasets import ImageListDataset, make_loader
 
-    loader = make_loader(ImageListDataset(paths, sources, preprocess), args.batch_size, args.workers)
+    batches = make_loader(ImageListDataset(paths, sources, preprocess), args.batch_size, args.workers,
+                          on_bad=args.on_bad_sample)
     with torch.no_grad():
-        return torch.cat([model.encode_image(x.to(device), normalize=True).float().cpu() for x in loader])
+        emb = [model.encode_image(x.to(device), normalize=True).float().cpu() for x in batches]
+    if not emb:
+        raise CliplabError(f"{args.data}: none of the {len(paths)} images could be read "
+                           f"(the first: {batches.skipped[0].reason})")
+    return torch.cat(emb), batches
 
 
 def _captions(cell: str, where: str) -> list[str]:
@@ -287,7 +313,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
         captions += texts
         owners += [index[key]] * len(texts)
     root = Path(args.data).parent
-    image_emb = _encode_images(model, [root / p for p in index], sources, preprocess, args, device)  # (Ni, D)
+    image_emb, batches = _encode_images(model, [root / p for p in index], sources, preprocess, args, device)
+    if batches.skipped:  # an unreadable image leaves with its captions; the rest are numbered anew
+        renumber = {old: new for new, old in enumerate(batches.kept)}
+        pairs = [(c, renumber[o]) for c, o in zip(captions, owners, strict=True) if o in renumber]
+        captions, owners = [c for c, _ in pairs], [o for _, o in pairs]
     # each distinct caption embedded once: one text on several images gets one vector, so its scores tie
     # exactly whatever the batching (retrieval's tie rule depends on that)
     position: dict[str, int] = {}
@@ -305,11 +335,12 @@ def run_retrieval(args: argparse.Namespace) -> int:
     metrics = retrieval_metrics(image_emb, text_emb, t2i, ks=args.ks)
     report = {"task": "retrieval", "checkpoint": str(args.checkpoint), "data": str(args.data),
               "truncated_captions": cut, **metrics}
-    out = [f"{len(index)} images, {len(captions)} captions"
+    out = [f"{len(batches.kept)} images, {len(captions)} captions"
            + (f" ({cut} cut to the model's {tokenizer.context_length} tokens)" if cut else "")]
     for name in ("image_to_text", "text_to_image"):
         recalls = "  ".join(f"R@{k} {100 * metrics[f'{name}_R@{k}']:.2f}" for k in args.ks)
         out.append(f"{name}: {recalls}  median rank {metrics[f'{name}_median_rank']:g}")
+    _skipped(report, out, batches)
     return _report(args, report, out)
 
 
@@ -368,8 +399,10 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     train, test = _dataset(args.train, args, preprocess), _dataset(args.test, args, preprocess)
     _check_probe_classes(args, train, test)
-    xtr, ytr = extract_features(model, make_loader(train, args.batch_size, args.workers), device)
-    xte, yte = extract_features(model, make_loader(test, args.batch_size, args.workers), device)
+    train_batches = make_loader(train, args.batch_size, args.workers, on_bad=args.on_bad_sample)
+    test_batches = make_loader(test, args.batch_size, args.workers, on_bad=args.on_bad_sample)
+    xtr, ytr = extract_features(model, train_batches, device)
+    xte, yte = extract_features(model, test_batches, device)
     train_keys, test_keys = _probe_classes(args, train, test)
     yte = _to_train_labels(yte, test_keys, train_keys)
     res = linear_probe(xtr, ytr, xte, yte)
@@ -386,5 +419,6 @@ def run_linear_probe(args: argparse.Namespace) -> int:
         report["few_shot"] = few.rows()
         rows = zip(few.shots, few.mean, few.std, strict=True)
         out += [f"{k}-shot: {100 * m:.2f} ± {100 * s:.2f} %" for k, m, s in rows]
+    _skipped(report, out, train_batches, test_batches)
     json.dumps(report)  # fail here, not half-way through writing, if something is not serialisable
     return _report(args, report, out)

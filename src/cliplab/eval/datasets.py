@@ -9,27 +9,30 @@
 The first two yield ``(transform(image), label)``, the third ``transform(image)``. ``classnames`` (a list in
 class order, or a mapping from folder / label name to display name) renames the classes, e.g. WordNet ids to
 readable names. Class numbers (integer CSV labels, numbered folders) take their names from a list by
-position: class ``k`` is the list's ``k``-th name. An unreadable image raises a one-line
-:class:`~cliplab.errors.CliplabError` naming the file: evaluation does not skip data. So does a CSV cell whose
-bytes are not UTF-8 (training would drop the row; a class name must be readable).
+position: class ``k`` is the list's ``k``-th name. An unreadable or missing image raises a one-line
+:class:`~cliplab.errors.CliplabError` naming the file; :func:`make_loader` can instead leave such images out and
+list them (``on_bad="skip"``), so that one corrupt file does not cost a whole evaluation. A CSV cell whose bytes
+are not UTF-8 is always an error (a class name must be readable).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from cliplab.data.batch import BadSample
 from cliplab.data.folder import IMAGE_EXTENSIONS, hidden  # hidden: macOS's ._photo.jpg beside each image
 from cliplab.errors import CliplabError
 from cliplab.eval.prompts import is_integer
 
 __all__ = [
     "ClassFolderDataset",
+    "EvalBatches",
     "ImageListDataset",
     "LabelCsvDataset",
     "check_utf8",
@@ -156,6 +159,9 @@ class ClassFolderDataset(Dataset):
         path, label = self.samples[i]
         return _load(path, str(path), self.transform), label
 
+    def source(self, i: int) -> str:
+        return str(self.samples[i][0])
+
 
 def _numbers_as_names(path: Path, n: int, seen: int) -> None:
     """Integer labels without class names: the prompts name the numbers (fine for digits, said for the
@@ -245,6 +251,9 @@ class LabelCsvDataset(Dataset):
         path, label = self.samples[i]
         return _load(path, self.sources[i], self.transform), label
 
+    def source(self, i: int) -> str:
+        return self.sources[i]
+
 
 class ImageListDataset(Dataset):
     """``transform(image)`` for each path; ``sources[i]`` (e.g. ``file.csv:row``) names where path ``i`` was
@@ -261,7 +270,61 @@ class ImageListDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         return _load(self.paths[i], self.sources[i], self.transform)
 
+    def source(self, i: int) -> str:
+        return self.sources[i]
 
-def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int = 0) -> DataLoader:
-    """Batches of ``(images (B, 3, S, S), labels (B,))`` in dataset order."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+class _Guarded(Dataset):
+    """``(i, dataset[i])``, or ``(i, BadSample)`` when the image cannot be read."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        try:
+            return i, self.dataset[i]
+        except CliplabError as err:  # the image's errors (missing, unreadable, too large) name the file
+            source = getattr(self.dataset, "source", None)
+            return i, BadSample(source(i) if source is not None else f"item {i}", str(err))
+
+
+def _collate(items: list[tuple[int, Any]]) -> tuple[Any, list[int], list[BadSample]]:
+    """(the good items collated, or None; their dataset indices; the bad samples)."""
+    good = [(i, item) for i, item in items if not isinstance(item, BadSample)]
+    bad = [item for _, item in items if isinstance(item, BadSample)]
+    return (default_collate([item for _, item in good]) if good else None), [i for i, _ in good], bad
+
+
+class EvalBatches:
+    """The batches of a dataset in order (``(images, labels)`` for labelled sets, ``images`` for an image
+    list). With ``on_bad="skip"`` an image that cannot be read is left out and listed in :attr:`skipped`;
+    :attr:`kept` holds the dataset indices of the images yielded, in order. With ``"error"`` the first one
+    stops the run, naming the file."""
+
+    def __init__(self, loader: DataLoader, on_bad: str) -> None:
+        if on_bad not in ("skip", "error"):
+            raise CliplabError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
+        self.loader, self.on_bad = loader, on_bad
+        self.skipped: list[BadSample] = []
+        self.kept: list[int] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        self.skipped, self.kept = [], []
+        for batch, index, bad in self.loader:
+            if bad and self.on_bad == "error":
+                raise CliplabError(bad[0].reason)
+            self.skipped += bad
+            self.kept += index
+            if batch is not None:
+                yield batch
+
+
+def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int = 0, on_bad: str = "error"
+                ) -> EvalBatches:
+    """Batches of ``(images (B, 3, S, S), labels (B,))`` in dataset order (see :class:`EvalBatches`)."""
+    loader = DataLoader(_Guarded(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate)
+    return EvalBatches(loader, on_bad)

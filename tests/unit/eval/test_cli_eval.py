@@ -159,10 +159,35 @@ def test_worker_errors_are_one_line(setup, tmp_path, capsys):
     (tmp_path / "data" / "red").mkdir(parents=True)
     Image.new("RGB", (40, 40), (255, 0, 0)).save(tmp_path / "data" / "red" / "0.png")
     (tmp_path / "data" / "red" / "bad.png").write_text("not an image")
-    assert main(["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(tmp_path / "data"),
-                 "--templates", "simple", "--device", "cpu", "--workers", "1"]) == 2
+    args = ["eval", "zeroshot", "--checkpoint", str(d / "ck.safetensors"), "--data", str(tmp_path / "data"),
+            "--templates", "simple", "--device", "cpu", "--workers", "1"]
+    assert main([*args, "--on-bad-sample", "error"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.png: unreadable image" in err and "\n" not in err
+
+
+def test_unreadable_images_are_left_out_counted_and_listed(setup, tmp_path, capsys):
+    """One corrupt file stopped a whole evaluation, after all the work before it; now it is left out of the
+    figures, counted and listed in the report (zero-shot, linear probe), and the rest is evaluated."""
+    d = setup
+    for name, rgb in {"red": (255, 0, 0), "green": (0, 255, 0)}.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (40, 40), rgb).save(tmp_path / "data" / name / f"{j}.png")
+    (tmp_path / "data" / "red" / "bad.png").write_text("not an image")
+    (tmp_path / "data" / "green" / "cut.png").write_bytes((tmp_path / "data" / "green" / "0.png").read_bytes()[:60])
+    common = ["--checkpoint", str(d / "ck.safetensors"), "--device", "cpu", "--json", "--batch-size", "2"]
+    assert main(["eval", "zeroshot", *common, "--data", str(tmp_path / "data"), "--templates", "simple",
+                 "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["n"] == 4 and report["skipped"] == 2
+    assert sorted(Path(s["source"]).name for s in report["skipped_samples"]) == ["bad.png", "cut.png"]
+    assert "skipped 2 unreadable or missing image(s)" in captured.out and "bad.png: unreadable image" in captured.err
+    assert main(["eval", "linear-probe", *common, "--train", str(tmp_path / "data"),
+                 "--test", str(tmp_path / "data")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n_train"] == report["n_test"] == 4 and report["skipped"] == 4  # each bad file in both sets
 
 
 def test_csv_labels_must_not_be_empty(setup, tmp_path):
@@ -269,11 +294,18 @@ def test_non_utf8_csv_cells_are_one_line_errors(setup, tmp_path, capsys, task, h
 def test_retrieval_missing_image_names_the_row(setup, capsys, workers):
     d = setup
     (d / "miss.csv").write_text("filepath,title\ndata/red/0.png,red\ndata/red/gone.png,a lost square\n")
-    assert main(["eval", "retrieval", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "miss.csv"),
-                 "--device", "cpu", "--workers", workers]) == 2
+    args = ["eval", "retrieval", "--checkpoint", str(d / "ck.safetensors"), "--data", str(d / "miss.csv"),
+            "--device", "cpu", "--workers", workers, "--json"]
+    assert main([*args, "--on-bad-sample", "error"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {d / 'miss.csv'}:3: image ") and "gone.png does not exist" in err
     assert "\n" not in err
+    assert main(args) == 0  # skipped by default: the image leaves with its caption, and the report says so
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["num_images"] == 1 and report["num_texts"] == 1 and report["skipped"] == 1
+    assert report["skipped_samples"][0]["source"] == f"{d / 'miss.csv'}:3"
+    assert "gone.png does not exist" in captured.err
 
 
 def test_loaded_classifier_needs_no_templates(setup, tmp_path, capsys):
