@@ -122,6 +122,26 @@ def test_csv_captions_are_texts_as_a_text_files_lines_are(world, tmp_path, capsy
     assert _column(EmbeddingStore(tmp_path / "s" / "texts"), "caption") == ["a cat", "a dog"]
 
 
+@pytest.mark.parametrize("name", ["caps.csv", "caps.txt"])
+def test_texts_that_are_not_utf8_are_skipped_counted_and_listed(world, tmp_path, capsys, name):
+    """A .txt file's bad line is skipped like a CSV's bad caption, named file:LINE, not fatal."""
+    root, _ = world
+    lines = [b"a red square", b"caf\xe9 au lait", b"a blue square"]
+    texts = tmp_path / name
+    texts.write_bytes(b"title\n" * name.endswith(".csv") + b"\n".join(lines) + b"\n")
+    assert main(["embed", "--checkpoint", str(root / "ckpt"), "--images", str(root / "imgs"), "--output",
+                 str(tmp_path / "s"), "--texts", str(texts), "--csv-caption-key", "title"]) == 0
+    out = capsys.readouterr()
+    listing = tmp_path / "s" / "skipped.jsonl"
+    line, what = (3, "caption") if name.endswith(".csv") else (2, "line")
+    assert f"embedded 2 text(s) into {tmp_path / 's' / 'texts'}, 0 already there, skipped 1 not valid UTF-8 " \
+           f"(listed in {listing})" in out.out
+    assert f"skipped {texts}:{line}: {what} is not valid UTF-8" in out.err
+    assert [json.loads(r) for r in listing.read_text().splitlines()] == [
+        {"source": f"{texts}:{line}", "reason": f"{what} is not valid UTF-8"}]
+    assert _column(EmbeddingStore(tmp_path / "s" / "texts"), "caption") == ["a red square", "a blue square"]
+
+
 def test_every_skipped_item_is_listed_in_the_store(world, tmp_path, capsys):
     root, files = world
     folder = tmp_path / "imgs"
@@ -204,9 +224,11 @@ def test_parts_with_and_without_captions_are_searchable(tmp_path, capsys):
     csv.write_text("filepath,title\nx.png,a red square\n")
     out = ["--output", str(tmp_path / "csv-store"), "--images", str(csv)]
     assert main(["embed", "--checkpoint", str(ckpt), *out, "--csv-caption-key", "title"]) == 0
-    assert main(["embed", "--checkpoint", str(ckpt), *out]) == 0  # the same image, without a caption: a new row
+    (tmp_path / "y.png").write_bytes(members["s1.png"])
+    csv.write_text("filepath,title\nx.png,a red square\ny.png,a green square\n")
+    assert main(["embed", "--checkpoint", str(ckpt), *out]) == 0  # a new image, without a caption: a new row
     assert main(["search", str(tmp_path / "csv-store"), "red"]) == 0
-    assert len(EmbeddingStore(tmp_path / "csv-store")) == 2
+    assert _column(EmbeddingStore(tmp_path / "csv-store"), "caption") == ["a red square", None]
 
 
 def test_unusable_items_are_skipped_and_counted(tmp_path, capsys):

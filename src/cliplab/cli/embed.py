@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from typing import Any
 
 from cliplab.cli.args import count
 
-SKIPPED = "skipped.jsonl"  # in the store: every item the last run skipped, with its source and reason
+SKIPPED = "skipped.jsonl"  # in the store: every image and text the last run skipped, with its source and reason
 _SHOWN = 20  # skipped items also named on stderr
 
 
@@ -36,9 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _texts(path: str, key: str | None, sep: str) -> tuple[list[str], int]:
-    """The distinct texts of a .txt file (one per line) or a CSV column, in first-seen order, and how many
-    repeats were dropped: a store of texts holds each once, whether it is built in one run or several."""
+def _texts(path: str, key: str | None, sep: str) -> tuple[list[str], int, list[Any]]:
+    """The distinct texts of a .txt file (one per line) or a CSV column, in first-seen order, how many
+    repeats were dropped (a store of texts holds each once, whether it is built in one run or several), and
+    the lines skipped as not UTF-8 (the store holds UTF-8 text only), each as a ``BadSample`` naming its
+    ``file:LINE``: one such line is listed and counted like an unreadable image, never fatal."""
+    from cliplab.data.batch import BadSample
     from cliplab.data.csv import read_rows
     from cliplab.errors import CliplabError
 
@@ -47,20 +51,22 @@ def _texts(path: str, key: str | None, sep: str) -> tuple[list[str], int]:
         if not key:
             raise CliplabError(f"{src}: give --csv-caption-key to embed captions from a CSV")
         rows, lines = read_rows(src, [key], sep)
-        texts = []
-        for (text,), line in zip(rows, lines, strict=True):
-            if _is_utf8(text):
-                texts.append(text)
-            else:  # the store holds UTF-8 text only
-                print(f"skipped {src}:{line}: caption is not valid UTF-8", file=sys.stderr)
-        texts = [t.strip() for t in texts if t.strip()]  # as a .txt file's lines are
+        numbered, what = [(text, line) for (text,), line in zip(rows, lines, strict=True)], "caption"
     else:
-        try:
-            texts = [line.strip() for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise CliplabError(f"{src}: cannot read texts ({err})") from None
+        try:  # -sig: drop a BOM, as a CSV's is
+            with open(src, encoding="utf-8-sig", errors="surrogateescape") as fh:
+                numbered, what = [(text, n) for n, text in enumerate(fh, 1)], "line"
+        except OSError as err:
+            raise CliplabError(f"{src}: cannot read texts ({err.strerror or err})") from None
+    texts, skipped = [], []
+    for text, line in numbered:
+        if _is_utf8(text):
+            texts.append(text)
+        else:
+            skipped.append(BadSample(f"{src}:{line}", f"{what} is not valid UTF-8"))
+    texts = [t.strip() for t in texts if t.strip()]  # a CSV's captions as a .txt file's lines
     distinct = list(dict.fromkeys(texts))
-    return distinct, len(texts) - len(distinct)
+    return distinct, len(texts) - len(distinct), skipped
 
 
 def _is_utf8(text: str) -> bool:
@@ -89,38 +95,39 @@ def _agree(err: BaseException | None, world: int) -> None:
         raise err
 
 
-def _gathered(report: Any, world: int) -> tuple[int, int, list[Any], float]:
-    """Every process's (embedded, already stored, skipped, seconds), summed."""
-    mine = (report.embedded, report.already_done, report.skipped, report.seconds)
+def _gathered(report: Any, world: int) -> tuple[int, int, int, list[Any], float]:
+    """Every process's (embedded, already stored, of those under another caption, skipped, seconds), summed."""
+    mine = (report.embedded, report.already_done, report.other_caption, report.skipped, report.seconds)
     if world == 1:
         return mine
     import torch.distributed as dist
 
     every: list[Any] = [None] * world
     dist.all_gather_object(every, mine)
-    return (sum(r[0] for r in every), sum(r[1] for r in every), [b for r in every for b in r[2]],
-            max(r[3] for r in every))
+    return (sum(r[0] for r in every), sum(r[1] for r in every), sum(r[2] for r in every),
+            [b for r in every for b in r[3]], max(r[4] for r in every))
 
 
 def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return _run(args, 0, 1)
-    import torch.distributed as dist
+    with contextlib.ExitStack() as locks:  # the store's lock, released however the run ends
+        if world == 1:
+            return _run(args, 0, 1, locks)
+        import torch.distributed as dist
 
-    dist.init_process_group("gloo")  # agreement and a barrier only: the vectors go to each rank's own parts
-    try:
-        return _run(args, dist.get_rank(), world)
-    finally:
-        dist.destroy_process_group()
+        dist.init_process_group("gloo")  # agreement and a barrier only: the vectors go to each rank's own parts
+        try:
+            return _run(args, dist.get_rank(), world, locks)
+        finally:
+            dist.destroy_process_group()
 
 
-def _run(args: argparse.Namespace, rank: int, world: int) -> int:
+def _run(args: argparse.Namespace, rank: int, world: int, locks: contextlib.ExitStack) -> int:
     import torch
 
     from cliplab.api import load_model, resolve_device
     from cliplab.infer.embed import embed_collection, embed_texts, list_items
-    from cliplab.infer.store import EmbeddingStore, model_id, weights_fingerprint
+    from cliplab.infer.store import EmbeddingStore, lock_store, model_id, weights_fingerprint
     from cliplab.precision import autocast
     from cliplab.tokenizer import get_tokenizer
     from cliplab.transforms import Preprocess
@@ -132,13 +139,17 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         model, cfg, root = load_model(args.checkpoint, device=device)
         items = list_items(args.images, args.csv_img_key, args.csv_caption_key, args.csv_separator)
-        texts, repeats = _texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts else (None, 0)
+        texts, repeats, bad_texts = (_texts(args.texts, args.csv_caption_key, args.csv_separator) if args.texts
+                                     else (None, 0, []))
         autocast(device, args.precision)  # refuses fp16 without CUDA before the store exists
         made_by = {"model_id": model_id(args.checkpoint), "weights": weights_fingerprint(model)}
     except Exception as err:  # every process must hear of it; _agree re-raises it here
         failure = err
     _agree(failure, world)
-    try:
+    try:  # each rank locks its own manifest before reading the store: a second run is refused, not merged
+        lock = lock_store(args.output, rank)
+        if lock is not None:
+            locks.enter_context(lock)
         store = EmbeddingStore.open_or_create(args.output, dim=cfg.model.embed_dim, dtype=args.dtype, rank=rank,
                                               **made_by)
     except Exception as err:
@@ -154,12 +165,13 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
     report = embed_collection(model, Preprocess(cfg.preprocess), items, store, batch_size=args.batch_size,
                               workers=args.workers, precision=args.precision, part_size=args.part_size,
                               rank=rank, world_size=world, progress=rank == 0, snapshot_taken=barrier)
-    embedded, already, skipped, seconds = _gathered(report, world)
+    embedded, already, other_caption, skipped, seconds = _gathered(report, world)
     if rank == 0:
-        _report_skipped(skipped, store.path)
+        _report_skipped(skipped + bad_texts, store.path)
         rate = embedded / seconds if seconds else 0.0
         listed = f" (listed in {store.path / SKIPPED})" if skipped else ""
-        print(f"embedded {embedded} image(s) ({rate:.1f} img/s), {already} already in the store, skipped "
+        kept = f" ({other_caption} of them with another caption or none, kept)" if other_caption else ""
+        print(f"embedded {embedded} image(s) ({rate:.1f} img/s), {already} already in the store{kept}, skipped "
               f"{len(skipped)} unreadable or unusable{listed}")
     if texts is not None and rank == 0:
         import numpy as np
@@ -172,6 +184,8 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
             vecs = embed_texts(todo, model, get_tokenizer(cfg.tokenizer, root=root), precision=args.precision)
             tstore.append_part(np.asarray(vecs), [{"path": None, "caption": t} for t in todo])
         dropped = f", {repeats} repeated line(s) counted once" if repeats else ""
+        if bad_texts:
+            dropped += f", skipped {len(bad_texts)} not valid UTF-8 (listed in {store.path / SKIPPED})"
         print(f"embedded {len(todo)} text(s) into {tstore.path}, {len(texts) - len(todo)} already there{dropped}")
     return 0
 

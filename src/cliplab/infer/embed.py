@@ -169,24 +169,44 @@ def _item(path: str, caption: str | None, source: str) -> dict[str, Any]:
     return item
 
 
-def _not_stored(items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]:
-    """The items without a stored row yet. An item is its (path, caption) pair, counted: a CSV may give one
-    image several captions (one row each), or even repeat a row, and each row is one stored vector."""
+def _not_stored(items: list[dict[str, Any]], store: Any) -> tuple[list[dict[str, Any]], int]:
+    """The items without a stored row yet, and how many captioned items matched a row of another caption or none.
+
+    A stored row is an image's vector: the image's path is what identifies it. Rows are counted per path,
+    because a CSV may give one image several captions (one row each), or even repeat a row, and each row is
+    one stored vector; so an item is matched to a stored row of its path that no other item took. Rows of the
+    same caption are matched first, then rows of another caption or none: re-running a CSV with
+    ``--csv-caption-key`` added, or a caption's typo mended, finds the image stored and does not store it a
+    second time (a search would find it twice). The row keeps its old caption: a named part is never
+    rewritten, which is what keeps a store whole through kills and readers; the count says so, and embedding
+    into a new store brings the new captions. A CSV that now gives an image more rows than are stored embeds
+    only the rows beyond them."""
     table = store.metadata()
-    captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(table)
-    stored = Counter(zip(table.column("path").to_pylist(), captions, strict=True))
-    unmatched = [item for item in items if not _take(stored, (item["path"], item["caption"]))]
-    # Stores made before symlinks kept their names hold resolved paths. That match comes second, once every
-    # item had its own: else a link listed before its target would take the target's row.
-    return [item for item in unmatched if not _take(stored, (os.path.realpath(item["path"]), item["caption"]))]
+    paths = table.column("path").to_pylist()
+    captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(paths)
+    by_caption, by_path = Counter(zip(paths, captions, strict=True)), Counter(paths)
 
+    def take(item: dict[str, Any], path: str, same_caption: bool) -> bool:
+        """Match ``item`` to a stored row of ``path`` (of its caption, or of any), if one is left."""
+        if by_path[path] <= 0 or (same_caption and by_caption[path, item["caption"]] <= 0):
+            return False
+        by_path[path] -= 1
+        if same_caption:
+            by_caption[path, item["caption"]] -= 1
+        return True
 
-def _take(stored: Counter, key: tuple[str, str | None]) -> bool:
-    """Count one stored row of ``key`` as matched, if one is left."""
-    if stored[key] <= 0:
-        return False
-    stored[key] -= 1
-    return True
+    # Stores made before symlinks kept their names hold resolved paths. Those matches come after the ones by
+    # the item's own name, once every item had its own: else a link listed before its target would take the
+    # target's row. Every match by caption comes before any other, so that a caption finds its own row.
+    waiting, other_caption = items, 0
+    for same_caption in (True, False):
+        for resolve in (False, True):
+            found = [take(item, os.path.realpath(item["path"]) if resolve else item["path"], same_caption)
+                     for item in waiting]
+            if not same_caption:
+                other_caption += sum(1 for item, f in zip(waiting, found, strict=True) if f and item["caption"])
+            waiting = [item for item, f in zip(waiting, found, strict=True) if not f]
+    return waiting, other_caption
 
 
 def _folder_items(folder: Path) -> list[dict[str, Any]]:
@@ -286,6 +306,7 @@ def _collate(batch: list) -> tuple[torch.Tensor | None, list[tuple[int, int, int
 class EmbedReport:
     embedded: int = 0
     already_done: int = 0
+    other_caption: int = 0  # of already_done: stored under another caption (or none), kept as it is
     skipped: list[BadSample] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -320,11 +341,12 @@ def embed_collection(
     report.skipped.extend(BadSample(item["source"], item["skip"]) for item in items[rank::world_size]
                           if "skip" in item)
     usable = [item for item in items if "skip" not in item]
-    waiting = _not_stored(usable, store)  # one snapshot of the store, the same on every rank
+    waiting, other_caption = _not_stored(usable, store)  # one snapshot of the store, the same on every rank
     if snapshot_taken is not None:
         snapshot_taken()
     todo = waiting[rank::world_size]
-    report.already_done = len(usable) - len(waiting) if rank == 0 else 0  # counted once, by rank 0
+    if rank == 0:  # counted once
+        report.already_done, report.other_caption = len(usable) - len(waiting), other_caption
     loader = DataLoader(_ImageItems(todo, preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     device = _device(model)

@@ -5,6 +5,9 @@ manifest names it, so a kill at any moment leaves a consistent store (a part fil
 name is ignored, and overwritten by a resumed run). Under ``torchrun`` each rank writes its own parts
 (``part-r{rank}-{n}``) and its own manifest (``manifest-r{rank}.json``); opening the store merges them.
 Ids are positions in that merged order. NumPy and pyarrow read the files directly.
+
+A manifest is rewritten whole and names its next part by its own length, so it must have one writer at a
+time: a writer holds :func:`lock_store` on its rank's manifest while it runs.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from cliplab.errors import CliplabError
 from cliplab.fileio import atomic_path, write_json
 
-__all__ = ["EmbeddingStore", "model_id", "same_model", "weights_fingerprint"]
+__all__ = ["EmbeddingStore", "lock_store", "model_id", "same_model", "weights_fingerprint"]
 
 COLUMNS = ("path", "width", "height", "caption")
 _TYPES = ("string", "int64", "int64", "string")  # of COLUMNS: fixed, so parts without captions or sizes agree
@@ -34,6 +37,42 @@ def _schema() -> Any:
 
 def _manifest_name(rank: int) -> str:
     return "manifest.json" if rank == 0 else f"manifest-r{rank}.json"
+
+
+def _lock_name(rank: int) -> str:
+    return ".lock" if rank == 0 else f".lock-r{rank}"
+
+
+def lock_store(path: str | os.PathLike[str], rank: int = 0) -> IO[str] | None:
+    """Lock the store at ``path`` (created if needed) for writing ``rank``'s manifest; keep the returned file
+    open while writing. ``None`` where ``flock`` does not exist.
+
+    Two writers of one manifest would each name their next part from their own copy of it and rewrite it
+    whole, so one's vectors would silently vanish: the second is refused. It is training's scheme
+    (:func:`cliplab.train.guard.lock_run`: ``flock`` on a file holding the writer's pid, dropped by the kernel
+    however the process ends), with one lock per rank manifest, so the ranks of one torchrun run never lock
+    each other out. Every run has a rank 0, so two runs into one store always meet at ``.lock``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fh = open(path / _lock_name(rank), "a+", encoding="utf-8")  # noqa: SIM115 (held open while writing)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()
+        fh.close()
+        raise CliplabError(f"{path}: another process{f' (pid {pid})' if pid else ''} is writing this store; "
+                           "wait for it to end or stop it, then run again") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def _check_parts(manifest: dict[str, Any]) -> None:
@@ -206,6 +245,7 @@ class EmbeddingStore:
                     t = pq.read_table(self.path / f"{part['name']}.parquet").select(COLUMNS).cast(_schema())
                 except (OSError, ValueError, EOFError, KeyError, TypeError, pa.ArrowException) as err:
                     raise CliplabError(f"{self.path / part['name']}: unreadable store part ({err})") from None
+                self._check_vectors(v, part["name"])
                 if len(v) != part["count"] or t.num_rows != part["count"]:
                     raise CliplabError(f"{self.path / part['name']}: has {len(v)} vectors, manifest says "
                                        f"{part['count']}")
@@ -215,6 +255,15 @@ class EmbeddingStore:
             table = pa.concat_tables(tables, promote_options="default") if tables else _schema().empty_table()
             self._cache = (vectors, table)
         return self._cache
+
+    def _check_vectors(self, v: np.ndarray, name: str) -> None:
+        """A part must hold float vectors of the store's width: a part file copied in from another store or
+        model would otherwise reach the index (a faiss assertion) or be concatenated with the others."""
+        if v.ndim == 2 and v.shape[1] == self.dim and np.issubdtype(v.dtype, np.floating):
+            return
+        held = (f"{v.dtype} values" if v.ndim == 2 and v.shape[1] == self.dim
+                else f"{v.shape[1]}-d vectors" if v.ndim == 2 else f"an array of shape {v.shape}")
+        raise CliplabError(f"{self.path / name}.npy: holds {held}, but the store holds {self.dim}-d float vectors")
 
     def vectors(self, dtype: Any = np.float32) -> np.ndarray:
         return self._load()[0].astype(dtype, copy=False)
