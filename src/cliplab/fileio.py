@@ -18,7 +18,15 @@ from typing import IO, Any
 from cliplab.errors import CliplabError
 
 __all__ = [
-    "atomic_dir", "atomic_path", "atomic_write", "fsync_dir", "fsync_tree", "is_debris", "write_json", "write_text",
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write",
+    "fsync_dir",
+    "fsync_tree",
+    "is_debris",
+    "lock_folder",
+    "write_json",
+    "write_text",
 ]
 
 
@@ -142,3 +150,29 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def lock_folder(folder: str | os.PathLike[str], name: str, busy: str) -> IO[str] | None:
+    """Lock ``folder / name`` (the folder created if needed) for this process: ``flock`` on a file holding the
+    pid, which the kernel drops however the process ends. Keep the returned file open while the work lasts.
+    A second locker gets ``"{folder}: {busy}"`` with ``{pid}`` filled in (empty when the file holds none).
+    ``None`` where ``flock`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / name, "a+", encoding="utf-8")  # noqa: SIM115 (held open while the work lasts)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()
+        fh.close()
+        raise CliplabError(f"{folder}: " + busy.format(pid=f" (pid {pid})" if pid else "")) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh

@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from cliplab.errors import CliplabError
-from cliplab.fileio import atomic_path, write_json
+from cliplab.fileio import atomic_path, lock_folder, write_json
 
 __all__ = ["EmbeddingStore", "lock_store", "model_id", "same_model", "weights_fingerprint"]
 
@@ -53,26 +53,8 @@ def lock_store(path: str | os.PathLike[str], rank: int = 0) -> IO[str] | None:
     however the process ends), with one lock per rank manifest, so the ranks of one torchrun run never lock
     each other out. Every run has a rank 0, so two runs into one store always meet at ``.lock``.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    fh = open(path / _lock_name(rank), "a+", encoding="utf-8")  # noqa: SIM115 (held open while writing)
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        pid = fh.read().strip()
-        fh.close()
-        raise CliplabError(f"{path}: another process{f' (pid {pid})' if pid else ''} is writing this store; "
-                           "wait for it to end or stop it, then run again") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
+    return lock_folder(path, _lock_name(rank), "another process{pid} is writing this store; wait for it to end "
+                                               "or stop it, then run again")
 
 
 def _check_parts(manifest: dict[str, Any]) -> None:

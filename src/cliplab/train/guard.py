@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from cliplab.errors import CliplabError
+from cliplab.fileio import lock_folder
 
 __all__ = ["die_with_launcher", "lock_run"]
 
@@ -26,25 +26,8 @@ LOCK = ".lock"
 def lock_run(run_dir: Path) -> IO[str] | None:
     """Lock ``run_dir`` (created if needed) for this process; keep the returned file open while the run lasts.
     ``None`` where ``flock`` does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the run)
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        pid = fh.read().strip()
-        fh.close()
-        raise CliplabError(f"{run_dir}: another training process{f' (pid {pid})' if pid else ''} is writing this "
-                           "run; wait for it to end or stop it, then resume") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
+    return lock_folder(run_dir, LOCK, "another training process{pid} is writing this run; wait for it to end "
+                                      "or stop it, then resume")
 
 
 def die_with_launcher() -> None:
