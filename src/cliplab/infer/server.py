@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +37,7 @@ class ServeLimits:
     max_labels: int = 100
     max_texts: int = 256
     max_upload_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = 64_000_000  # uploads; an indexed image is read within the limit embed read it with
     thumbnail_size: int = 256
 
 
@@ -185,6 +187,32 @@ def _rgb_for_jpeg(img: Any) -> Any:
     return img.convert("RGB")
 
 
+def _thumbnail(path: str, size: int, name: str) -> Any:
+    """An indexed image shrunk to fit ``size`` x ``size``. Read within the pixel limit ``cliplab embed`` read it
+    with, not the lower one of uploads: whatever was indexed can be shown. A JPEG file is decoded at a reduced
+    scale (``thumbnail`` drafts an image not yet loaded): a 100-MP photo then takes a few MB, not 300."""
+    from PIL import Image, ImageOps
+
+    from cliplab.infer.embed import read_item_image
+    from cliplab.transforms import MAX_PIXELS
+
+    if os.path.isfile(path):  # else a shard member, SHARD.tar#MEMBER
+        too_large = ApiError(404, f"{name}: image too large to show (over {MAX_PIXELS} pixels)")
+        try:
+            with warnings.catch_warnings(), Image.open(path) as img:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked here
+                if img.width * img.height > MAX_PIXELS:
+                    raise too_large
+                if img.format == "JPEG":
+                    img.thumbnail((size, size))
+                    return ImageOps.exif_transpose(img) or img
+        except Image.DecompressionBombError:  # Pillow's own refusal, at the same limit
+            raise too_large from None
+    img = read_item_image(path, max_pixels=MAX_PIXELS)
+    img.thumbnail((size, size))
+    return img
+
+
 def _labels(raw: str, limit: int) -> list[str]:
     """Labels as a JSON list, or separated by newlines or commas."""
     raw = raw.strip()
@@ -196,6 +224,11 @@ def _labels(raw: str, limit: int) -> list[str]:
         labels = raw.splitlines() if "\n" in raw else raw.split(",")
     if not all(isinstance(x, str) for x in labels):
         raise ApiError(422, "labels: a JSON list must hold strings")
+    for position, label in enumerate(labels, 1):  # JSON's "\ud800" decodes, but cannot be echoed back as UTF-8
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(422, f"labels: label {position} is not valid Unicode (a lone surrogate)") from None
     labels = [x.strip() for x in labels if x.strip()]
     if not labels:
         raise ApiError(422, "give at least one label")
@@ -227,6 +260,12 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug answers JSON like every refusal (the client parses one shape); the traceback goes to the log."""
+        return JSONResponse({"error": f"internal server error ({type(exc).__name__}); the server's log has the "
+                                      "details"}, status_code=500)
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
 
@@ -314,9 +353,6 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
     def thumbnail(item_id: int, request: Request, v: str | None = None) -> Response:
         """An item's thumbnail. Its URL carries the store's version (``?v=``), so a browser's cached copy
         never stands for the item of that id in another store; without it the ETag says the same."""
-        from cliplab.errors import CliplabError
-        from cliplab.infer.embed import read_item_image
-
         if v is not None and v != svc.version:
             raise ApiError(404, f"item {item_id} is of another version of the store; search again")
         if not 0 <= item_id < len(svc.metadata):
@@ -329,8 +365,7 @@ def create_app(store: str | None = None, checkpoint: str | None = None, limits: 
         if headers["ETag"] in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
         try:
-            img = read_item_image(path, max_pixels=limits.max_image_pixels)
-            img.thumbnail((limits.thumbnail_size, limits.thumbnail_size))
+            img = _thumbnail(path, limits.thumbnail_size, f"item {item_id}")
             buf = io.BytesIO()
             _rgb_for_jpeg(img).save(buf, format="JPEG", quality=85)
         except (CliplabError, OSError, ValueError, SyntaxError):

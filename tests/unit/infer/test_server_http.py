@@ -68,3 +68,58 @@ def test_refusals_are_json_and_head_is_answered(stores):
     page, thumb = client.head("/"), client.head("/images/0")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+
+
+def _png_bytes():
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_label_that_is_not_unicode_is_refused_by_its_position(stores):
+    """JSON's "\\ud800" decodes to a lone surrogate, which the answer could not echo in UTF-8."""
+    r = _client(stores).post("/classify", files={"image": ("a.png", _png_bytes(), "image/png")},
+                             data={"labels": '["cat", "\\ud800"]'})
+    assert r.status_code == 422 and r.json() == {"error": "labels: label 2 is not valid Unicode (a lone surrogate)"}
+
+
+def test_an_unexpected_error_is_a_json_500(stores, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("cliplab.api.classify", broken)
+    client = TestClient(create_app(str(stores / "store-a")), raise_server_exceptions=False)
+    r = client.post("/classify", files={"image": ("a.png", _png_bytes(), "image/png")}, data={"labels": "cat"})
+    assert r.status_code == 500 and r.json() == {
+        "error": "internal server error (RuntimeError); the server's log has the details"}
+
+
+def test_thumbnails_of_images_as_large_as_embed_takes(stores, tmp_path):
+    """Indexed images are read within embed's limit (Pillow's 179 MP), not the uploads' 64 MP; a file replaced
+    by one over it is said to be too large. A JPEG (drafted at a reduced scale) keeps its EXIF rotation."""
+    import io
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("1", (8200, 8200), 1).save(folder / "big.png")  # 67 MP, 25 kB
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated 90°
+    Image.new("RGB", (60, 20), (0, 90, 200)).save(folder / "turned.jpg", exif=exif.tobytes())
+    assert main(["embed", "--checkpoint", str(stores / "ckpt"), "--images", str(folder), "--output",
+                 str(tmp_path / "store")]) == 0
+    client = TestClient(create_app(str(tmp_path / "store")))
+    urls = {hit["path"].rsplit("/", 1)[1]: hit["url"] for hit in client.get("/search", params={"q": "x"}).json()[
+        "results"]}
+    sizes = {}
+    for name, url in urls.items():
+        r = client.get(url)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
+        sizes[name] = Image.open(io.BytesIO(r.content)).size
+    assert sizes == {"big.png": (256, 256), "turned.jpg": (20, 60)}
+    Image.new("1", (13400, 13400), 1).save(folder / "big.png")  # 180 MP
+    r = client.get(urls["big.png"])
+    item = urls["big.png"].split("?")[0].rsplit("/", 1)[1]
+    assert r.status_code == 404 and r.json() == {
+        "error": f"item {item}: image too large to show (over 178956970 pixels)"}
