@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, CliplabWarning
 from cliplab.infer.index import SearchIndex, build_index, load_or_build_index
 from cliplab.infer.store import EmbeddingStore
 
@@ -149,8 +149,45 @@ def test_saved_index_detects_staleness(tmp_path):
     first = load_or_build_index(store)
     assert first.index.ntotal == 10 and SearchIndex.load(tmp_path / "s").info["count"] == 10
     store.append_part(_unit(5, seed=2), _rows(5, 10))
-    assert load_or_build_index(EmbeddingStore(tmp_path / "s")).index.ntotal == 15
+    with pytest.warns(CliplabWarning, match="the store changed since the index was built; rebuilding its flat index"):
+        assert load_or_build_index(EmbeddingStore(tmp_path / "s")).index.ntotal == 15
     assert json.loads((tmp_path / "s" / "index.json").read_text())["count"] == 15
+
+
+@pytest.mark.parametrize("kind,given,kept", [
+    ("hnsw", {"ef_search": 16}, {"efSearch": 16, "breadth": "fixed"}),
+    ("hnsw", {"hnsw_m": 8, "target_recall": 0.5}, {"M": 8, "breadth": "tuned", "target_recall": 0.5}),
+    ("ivf", {"nprobe": 3}, {"nprobe": 3, "breadth": "fixed"}),
+])
+def test_a_store_that_grew_keeps_its_index_kind_and_settings(tmp_path, kind, given, kept):
+    """As `cliplab index --kind hnsw --ef-search 16`, then more images embedded: the next search rebuilds the
+    index as it was asked for (a fixed breadth stays fixed, a tuned one is tuned to the same target), and says so."""
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(300), _rows(300))
+    build_index(store.vectors(), kind, fingerprint=store.fingerprint(), **given).save(store.path)
+    store.append_part(_unit(100, seed=2), _rows(100, 300))
+    with pytest.warns(CliplabWarning) as notes:
+        idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    assert [str(n.message) for n in notes] == [
+        f"{tmp_path / 's'}: the store changed since the index was built; rebuilding its {kind} index"]
+    saved = json.loads((tmp_path / "s" / "index.json").read_text())
+    assert idx.index.ntotal == 400 and saved["count"] == 400 and saved["kind"] == kind
+    assert {k: saved[k] for k in kept} == kept and {k: idx.info[k] for k in kept} == kept
+
+
+@pytest.mark.parametrize("old,kind,n,args", [
+    ({"kind": "flat"}, None, 200_000, {"kind": "flat"}),  # an exact index stays exact past 100k items
+    (None, None, 200_000, {"kind": "hnsw"}),  # none (or an unreadable sidecar): the default
+    ({"kind": "hnsw", "efSearch": 16, "M": 16}, None, 10, {"kind": "hnsw", "hnsw_m": 16}),  # older sidecar: tuned
+    ({"kind": "ivf", "nlist": 4, "nprobe": 2, "breadth": "fixed"}, None, 10, {"kind": "ivf", "nprobe": 2}),
+    ({"kind": "ivf", "nprobe": "many", "breadth": "fixed", "target_recall": 7}, None, 10, {"kind": "ivf"}),
+    ({"kind": "hnsw", "efSearch": 16, "breadth": "fixed"}, "ivf", 10, {"kind": "ivf"}),  # another kind asked for
+    ({"kind": "cube"}, None, 10, {"kind": "flat"}),
+])
+def test_a_rebuild_takes_the_old_sidecars_kind_and_settings(old, kind, n, args):
+    from cliplab.infer.index import _rebuild_args
+
+    assert _rebuild_args(old, kind, n) == args
 
 
 def test_hand_edited_manifest_and_sidecar_are_one_line_errors(tmp_path):

@@ -1,6 +1,7 @@
 """Stores and indexes that older or interrupted runs left behind open, or fail in one line."""
 
 import json
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -79,25 +80,92 @@ def test_a_sidecar_of_another_index_is_stale(tmp_path, sidecar):
     (tmp_path / "s" / SIDECAR).write_text(json.dumps({**info, **sidecar}))  # the fingerprint still matches
     loaded = SearchIndex.load(tmp_path / "s")  # the breadth of another kind is not applied
     assert loaded.info["kind"] == "flat" and loaded.search(_unit(1, seed=5), 3)[1].shape == (1, 3)
-    if sidecar.get("kind", "flat") != "flat":  # another kind's sidecar is not trusted: the index is rebuilt
-        assert loaded.info["store_fingerprint"] is None
-    idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    other = sidecar.get("kind", "flat") != "flat"
+    if other:  # another kind's sidecar is not trusted: the index is rebuilt
+        assert loaded.info["store_fingerprint"] is None and "not the sidecar of this index.faiss" in loaded.stale
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    assert [str(n.message).split(": ", 1)[1] for n in notes] == (
+        [f"not the sidecar of this index.faiss (a save cut short?); rebuilding its {sidecar['kind']} index"]
+        if other else [])
     assert idx.search(_unit(1, seed=5), 3)[1].shape == (1, 3)
     assert json.loads((tmp_path / "s" / SIDECAR).read_text())["store_fingerprint"] == store.fingerprint()
 
 
-def test_a_save_cut_short_leaves_no_sidecar(tmp_path, monkeypatch):
+def _killed(*args, **kwargs):
+    raise KeyboardInterrupt  # Ctrl-C, or a kill, while the new index is being written
+
+
+def _kill_the_second_rename(monkeypatch):
+    """The index renamed into place, the kill before its sidecar's rename."""
+    import os
+
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("cut", ["writing the index", "before the sidecar"])
+def test_a_save_cut_short_keeps_the_last_good_index(tmp_path, monkeypatch, cut):
+    """The old index and its sidecar stay a valid pair until the new pair is complete; no temporary file stays."""
+    import faiss
+
     from cliplab.infer import index as index_module
 
-    build_index(_unit(20), "flat").save(tmp_path)
-
-    def killed(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(index_module, "write_json", killed)
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(300), _rows(300))
+    build_index(store.vectors(), "hnsw", ef_search=16, fingerprint=store.fingerprint()).save(store.path)
+    before = sorted(p.name for p in (tmp_path / "s").iterdir())
+    if cut == "writing the index":
+        monkeypatch.setattr(faiss, "write_index", _killed)
+    else:  # the index written, its checksum being taken
+        monkeypatch.setattr(index_module, "_sha256", _killed)
     with pytest.raises(KeyboardInterrupt):
-        build_index(_unit(300), "hnsw").save(tmp_path)
-    assert not (tmp_path / SIDECAR).exists()  # so the next load_or_build_index rebuilds
+        build_index(store.vectors(), "flat", fingerprint=store.fingerprint()).save(store.path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no note: the old index is current and used as it is
+        idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    assert idx.info["kind"] == "hnsw" and idx.index.hnsw.efSearch == 16
+
+
+def test_a_kill_between_the_two_renames_leaves_a_sidecar_that_vouches_for_nothing(tmp_path, monkeypatch):
+    """The new index in place, the old sidecar beside it: its checksum tells them apart, though kind and store
+    match. The rebuild keeps the old sidecar's settings, the last ones saved whole."""
+    from cliplab.errors import CliplabWarning
+
+    store = EmbeddingStore.create(tmp_path / "s", dim=16)
+    store.append_part(_unit(300), _rows(300))
+    build_index(store.vectors(), "hnsw", ef_search=16, fingerprint=store.fingerprint()).save(store.path)
+    _kill_the_second_rename(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(store.vectors(), "hnsw", ef_search=40, fingerprint=store.fingerprint()).save(store.path)
+    monkeypatch.undo()
+    assert SearchIndex.load(tmp_path / "s").stale is not None
+    with pytest.warns(CliplabWarning, match=r"s/index\.json: not the sidecar of this index\.faiss \(a save cut "
+                                            r"short\?\); rebuilding its hnsw index$"):
+        idx = load_or_build_index(EmbeddingStore(tmp_path / "s"))
+    assert idx.index.hnsw.efSearch == 16 and SearchIndex.load(tmp_path / "s").stale is None
+
+
+def test_a_sidecar_names_its_index_by_size_and_checksum(tmp_path):
+    """An index file changed under its sidecar (same kind, same count) is not trusted; one it describes is."""
+    build_index(_unit(50), "flat").save(tmp_path)
+    info = json.loads((tmp_path / SIDECAR).read_text())
+    assert info["index_bytes"] == (tmp_path / "index.faiss").stat().st_size and len(info["index_sha256"]) == 64
+    assert SearchIndex.load(tmp_path).stale is None
+    (tmp_path / "other").mkdir()
+    build_index(_unit(50, seed=1), "flat").save(tmp_path / "other")
+    (tmp_path / "other" / "index.faiss").replace(tmp_path / "index.faiss")  # same size, other vectors
+    assert SearchIndex.load(tmp_path).stale is not None
 
 
 def test_a_bad_breadth_in_the_sidecar_is_a_one_line_error(tmp_path):
