@@ -48,8 +48,8 @@ def lock_store(path: str | os.PathLike[str], rank: int = 0) -> IO[str] | None:
     open while writing. ``None`` where ``flock`` does not exist.
 
     Two writers of one manifest would each name their next part from their own copy of it and rewrite it
-    whole, so one's vectors would silently vanish: the second is refused. It is training's scheme
-    (:func:`cliplab.train.guard.lock_run`: ``flock`` on a file holding the writer's pid, dropped by the kernel
+    whole, so one's vectors would silently vanish: the second is refused. It is the training run's lock
+    (:func:`cliplab.fileio.lock_folder`: ``flock`` on a file holding the writer's pid, dropped by the kernel
     however the process ends), with one lock per rank manifest, so the ranks of one torchrun run never lock
     each other out. Every run has a rank 0, so two runs into one store always meet at ``.lock``.
     """
